@@ -217,3 +217,52 @@ def reddening_update(P0, aR, d, E0, sigma_E0, clip: bool = True):
         E = jnp.clip(E, *E_RANGE)
         var = jnp.clip(var, 0.02 ** 2 + (0.1 * E) ** 2, VAR_E_MAX)
     return E, var
+
+
+# ---------------------------------------------------------------------- per-star compositions
+def star_covariance(params, theta_med, theta_std, s: StarData, E, sigma_E, *, with_jacobian: bool = True,
+                    jacobian_extinction: bool = True, stabilize: bool = True):
+    """C_y of one star at reddening (E, σ_E) (METHOD §3), shape (B, B).
+
+    Parameters
+    ----------
+    with_jacobian : bool
+        Include J C_θ Jᵀ (iteration 0 of training leaves it out, with σ_E = 0).
+    jacobian_extinction : bool
+        J includes E ∂(A R)/∂θ (True, as METHOD §3 and §9) or only ∂(A M)/∂θ (the released update).
+    stabilize : bool
+        Apply :func:`stabilize_diagonal`.
+    """
+    x = network.standardize(s.theta, theta_med, theta_std)
+    aR = network.to_colour_basis(network.extinction_vector(params, x))
+    J = model_jacobian(params, theta_med, theta_std, s.theta, E, jacobian_extinction)
+    J = J if with_jacobian else jnp.zeros_like(J)
+    C = covariance_y(s.sigma_m, s.sigma_mu, sigma_E, aR, J, s.theta_cov)
+    return stabilize_diagonal(C) if stabilize else C
+
+
+def star_chi2(params, theta_med, theta_std, s: StarData, E, sigma_E, **covariance_options):
+    """χ² of one star at (E, σ_E) and its number of observed components of ŷ.
+
+    Returns
+    -------
+    chi2 : ()
+    n_obs : () int
+    """
+    W = whitening_matrix(star_covariance(params, theta_med, theta_std, s, E, sigma_E, **covariance_options), s.y_obs)
+    r = s.y_hat - network.predict_y(params, theta_med, theta_std, s.theta, E)
+    return chi2(W, r), jnp.sum(s.y_obs)
+
+
+def star_reddening_update(params, theta_med, theta_std, s: StarData, clip: bool = True):
+    """The reddening update of one star, built as the released code builds it (METHOD §4).
+
+    C₀ from the photometric and parallax terms and J_M C_θ J_Mᵀ (no σ_E, no E ∂R/∂θ, no
+    stabilization); a = A R(θ̂); d = ŷ − A M(θ̂).  Returns (E_post, σ²_E,post).
+    """
+    x = network.standardize(s.theta, theta_med, theta_std)
+    aR = network.to_colour_basis(network.extinction_vector(params, x))
+    C0 = star_covariance(params, theta_med, theta_std, s, 0.0, 0.0, jacobian_extinction=False, stabilize=False)
+    P0 = precision_matrix(C0, s.y_obs)
+    d = (s.y_hat - network.colour_basis_absolute(params, x)) * s.y_obs
+    return reddening_update(P0, aR, d, s.E0, s.sigma_E0, clip)
