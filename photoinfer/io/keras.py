@@ -40,7 +40,7 @@ __all__ = ["import_keras", "load_keras_model", "keras_to_stellar_model", "to_ker
            "keras_predict"]
 
 _INSTALL_HINT = ('TensorFlow/Keras is needed for photoinfer.io.keras; install the optional extra with '
-                 '`pip install "photoinfer[tensorflow]"` (tensorflow-cpu and tf-keras)')
+                 '`pip install "photoinfer[tensorflow]"` (tensorflow and tf-keras)')
 
 #: Attribute names written at the root of a Keras HDF5 file by :func:`save_keras`.
 ATTR_THETA_MED = "photoinfer_theta_med"
