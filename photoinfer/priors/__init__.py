@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import jax.numpy as jnp
 
@@ -22,7 +23,8 @@ from .galactic import (BAYESTAR, BRUTUS, COMPONENTS, GalacticParams, component_f
                        log_number_density_components, log_prior_mu, log_prior_mu_sky, log_volume_jacobian,
                        sky_directions)
 from .metallicity import (IVEZIC2008, MetallicityParams, disk_feh_mean, log_p_feh_disk, log_p_feh_halo,
-                          log_prior_feh, log_prior_mu_feh, log_prior_mu_feh_sky)
+                          log_prior_feh, log_prior_mu_feh, log_prior_mu_feh_sky, SkyPriorTable,
+                          log_prior_mu_feh_sky_table, tabulate_mu_feh_sky)
 from .stellar import StellarPrior
 
 __all__ = ["GalacticPrior", "make_prior",
@@ -31,7 +33,8 @@ __all__ = ["GalacticPrior", "make_prior",
            "log_number_density", "log_volume_jacobian", "log_prior_mu", "component_fractions",
            "log_component_fractions", "sky_directions", "log_prior_mu_sky", "component_fractions_sky",
            "MetallicityParams", "IVEZIC2008", "disk_feh_mean", "log_p_feh_disk", "log_p_feh_halo",
-           "log_prior_feh", "log_prior_mu_feh", "log_prior_mu_feh_sky",
+           "log_prior_feh", "log_prior_mu_feh", "log_prior_mu_feh_sky", "SkyPriorTable",
+           "tabulate_mu_feh_sky", "log_prior_mu_feh_sky_table",
            "StellarPrior",
            "E_MAX", "log_prior_E_flat", "log_prior_E_gaussian", "log_prior_E_map", "map_informed_E_prior"]
 
@@ -58,6 +61,9 @@ class GalacticPrior:
         Upper bound of the flat prior.
     n_dirs : int
         Sky quadrature size of the position-free prior.
+    tabulate_sky : bool
+        Evaluate the position-free prior from a (μ, [M/H]) table built once (:attr:`sky_table`,
+        interpolation error < 0.01 in ln p) instead of the ``n_dirs`` sum at every call.
     """
 
     params: GalacticParams = BAYESTAR
@@ -66,6 +72,7 @@ class GalacticPrior:
     dust: str = "flat"
     E_max: float = E_MAX
     n_dirs: int = 1024
+    tabulate_sky: bool = True
 
     def __post_init__(self):
         if self.dust not in _DUST_KINDS:
@@ -76,8 +83,15 @@ class GalacticPrior:
         if (l is None) != (b is None):
             raise ValueError("give both l and b, or neither")
         if l is None:
+            if self.tabulate_sky:
+                return log_prior_mu_feh_sky_table(self.sky_table, feh, mu)
             return log_prior_mu_feh_sky(feh, mu, self.params, self.metallicity, self.n_dirs)
         return log_prior_mu_feh(feh, mu, l, b, self.params, self.metallicity)
+
+    @cached_property
+    def sky_table(self) -> SkyPriorTable:
+        """The position-free prior tabulated once (built on first use)."""
+        return tabulate_mu_feh_sky(self.params, self.metallicity, self.n_dirs)
 
     def log_prior_dust(self, E, E0=None, sigma_E0=None):
         """ln p(E) of the chosen kind; ``E0`` (and ``sigma_E0``) are needed by "gaussian" and "map"."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import logsumexp
@@ -142,3 +143,36 @@ def log_prior_mu_feh_sky(feh, mu, params: GalacticParams = BAYESTAR, mp: Metalli
     ln_disk = jnp.logaddexp(lnc[..., 0], lnc[..., 1])
     per_dir = jnp.logaddexp(ln_disk + log_p_feh_disk(f, Z, mp), lnc[..., 2] + log_p_feh_halo(f, mp))
     return logsumexp(per_dir, axis=-1) - jnp.log(float(n_dirs)) + log_volume_jacobian(mu)
+
+
+class SkyPriorTable(NamedTuple):
+    """:func:`log_prior_mu_feh_sky` tabulated on a regular (μ, [M/H]) grid (a pytree).
+
+    Evaluating the sky average costs ``n_dirs`` density evaluations; per-star samplers evaluate
+    the prior thousands of times, so they interpolate this table instead (bilinear; values
+    beyond the grid are those of its edge).  Built by :func:`tabulate_mu_feh_sky`.
+    """
+
+    values: jax.Array     # (n_mu, n_feh)
+    mu0: float
+    dmu: float
+    feh0: float
+    dfeh: float
+
+
+def tabulate_mu_feh_sky(params: GalacticParams = BAYESTAR, mp: MetallicityParams = IVEZIC2008, n_dirs: int = 1024,
+                        mu_range=(-5.0, 25.0), dmu: float = 0.05, feh_range=(-5.0, 3.0), dfeh: float = 0.02
+                        ) -> SkyPriorTable:
+    """Tabulate the position-free joint prior ln p(μ, [M/H]) (Eq. M5) once."""
+    mu = np.arange(mu_range[0], mu_range[1] + dmu / 2, dmu)
+    feh = np.arange(feh_range[0], feh_range[1] + dfeh / 2, dfeh)
+    f = jax.jit(jax.vmap(lambda m: log_prior_mu_feh_sky(jnp.asarray(feh), m, params, mp, n_dirs)))
+    values = np.concatenate([np.asarray(f(jnp.asarray(c, jnp.float32))) for c in np.array_split(mu, 20)])
+    return SkyPriorTable(jnp.asarray(values), float(mu[0]), float(dmu), float(feh[0]), float(dfeh))
+
+
+def log_prior_mu_feh_sky_table(table: SkyPriorTable, feh, mu):
+    """Bilinear interpolation of a :class:`SkyPriorTable` at ([M/H], μ), broadcast shapes (...)."""
+    feh, mu = jnp.broadcast_arrays(jnp.asarray(feh, jnp.float32), jnp.asarray(mu, jnp.float32))
+    coords = [(mu - table.mu0) / table.dmu, (feh - table.feh0) / table.dfeh]
+    return jax.scipy.ndimage.map_coordinates(table.values, coords, order=1, mode="nearest")
