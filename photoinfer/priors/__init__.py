@@ -65,7 +65,7 @@ class GalacticPrior:
     metallicity: MetallicityParams = IVEZIC2008
     dust: str = "flat"
     E_max: float = E_MAX
-    n_dirs: int = 256
+    n_dirs: int = 1024
 
     def __post_init__(self):
         if self.dust not in _DUST_KINDS:
@@ -122,7 +122,7 @@ class GalacticPrior:
 
 
 def make_prior(name: str | GalacticParams = "bayestar", model=None, stellar: StellarPrior | None = None,
-               dust: str = "flat", E_max: float = E_MAX, threshold: float = 1e-2, n_dirs: int = 256,
+               dust: str = "flat", E_max: float = E_MAX, threshold: float = 1e-2, n_dirs: int = 1024,
                **overrides) -> GalacticPrior:
     """A :class:`GalacticPrior` with the Galactic parameter set chosen by name.
 

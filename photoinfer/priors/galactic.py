@@ -40,13 +40,15 @@ The exact marginal of the full-sky model over an unknown direction::
 
     p(μ) ∝ d³ ⟨n(R, Z)⟩_sky,   ⟨f⟩_sky = (1/4π) ∮ f dΩ                                      (G6)
 
-computed with a fixed equal-area Fibonacci lattice of N directions (default 256): equal steps of
-2/N in sin b resolve the disks' latitude profile (width ~H/d in sin b) out to d ~ 10 kpc, and the
-longitude dependence is smooth. It is what one gets by assuming the star is a random member of
-the all-sky population, it is smooth in μ (no sightline-specific features), needs no extra
-parameter, and the same quadrature gives the matching metallicity marginal
-(:func:`photoinfer.priors.metallicity.log_prior_mu_feh_sky`). Cost: N evaluations of (G2)-(G4)
-per call, vectorized.
+computed with a fixed equal-area Fibonacci lattice of N directions (default 1024), used as an
+equal-weight quadrature. Against a dense (l, sin b) integration its error in ln p(μ) is below
+0.003 for both parameter sets at every μ in [4, 19] with N = 1024 (it reaches 0.1 near
+μ ≈ 14.5–16 with N = 256, where the sightlines through the inner disk are narrow in both l and b).
+It is what one gets by assuming the star is a random member of the all-sky population, it is
+smooth in μ (no sightline-specific features), needs no extra parameter, and the same quadrature
+gives the matching metallicity marginal (:func:`photoinfer.priors.metallicity.log_prior_mu_feh_sky`).
+Cost: N evaluations of (G2)-(G4) per call, vectorized (a tabulated version would be cheaper for
+large CPU runs; not done yet).
 """
 from __future__ import annotations
 
@@ -347,7 +349,7 @@ def _fibonacci(n: int) -> tuple[np.ndarray, np.ndarray]:
     return l, b
 
 
-def sky_directions(n: int = 256) -> tuple[np.ndarray, np.ndarray]:
+def sky_directions(n: int = 1024) -> tuple[np.ndarray, np.ndarray]:
     """An equal-area Fibonacci lattice of ``n`` directions (l, b) [deg], each of shape (n,).
 
     Equal steps 2/n in sin b; used as an equal-weight quadrature for sky averages (G6).
@@ -362,7 +364,7 @@ def _sky_log_components(mu, params, n_dirs):
     return log_number_density_components(R, Z, params), Z  # (..., N, 3), (..., N)
 
 
-def log_prior_mu_sky(mu, params: GalacticParams = BAYESTAR, n_dirs: int = 256):
+def log_prior_mu_sky(mu, params: GalacticParams = BAYESTAR, n_dirs: int = 1024):
     """Position-free distance prior ln p(μ) = ln ⟨n⟩_sky + (3 ln 10/5) μ, Eq. (G6), unnormalized.
 
     Parameters
@@ -382,7 +384,7 @@ def log_prior_mu_sky(mu, params: GalacticParams = BAYESTAR, n_dirs: int = 256):
     return ln_n + log_volume_jacobian(mu)
 
 
-def component_fractions_sky(mu, params: GalacticParams = BAYESTAR, n_dirs: int = 256):
+def component_fractions_sky(mu, params: GalacticParams = BAYESTAR, n_dirs: int = 1024):
     """Sky-averaged component fractions ⟨n_k⟩/⟨n⟩ at μ; shape (..., 3)."""
     lnc, _ = _sky_log_components(mu, params, n_dirs)
     lnk = logsumexp(lnc, axis=-2)

@@ -118,7 +118,7 @@ def log_prior_mu_feh(feh, mu, l, b, params: GalacticParams = BAYESTAR, mp: Metal
 
 
 def log_prior_mu_feh_sky(feh, mu, params: GalacticParams = BAYESTAR, mp: MetallicityParams = IVEZIC2008,
-                         n_dirs: int = 256):
+                         n_dirs: int = 1024):
     """Position-free joint prior ln p(μ, [M/H]), Eq. (M5), unnormalized in μ.
 
     Its [M/H]-integral is :func:`photoinfer.priors.galactic.log_prior_mu_sky`.
