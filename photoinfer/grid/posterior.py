@@ -97,9 +97,14 @@ class _Chunk(NamedTuple):
     image: jnp.ndarray        # (n, nμ, nE) or (n, 0, 0)
 
 
-def _stratified_normal(key, n, S):
+def _uniform(keys, shape):
+    """Per-star uniforms: (n,) + shape from (n, 2) keys (results do not depend on the chunking)."""
+    return jax.vmap(lambda k: jax.random.uniform(k, shape))(keys)
+
+
+def _stratified_normal(keys, S):
     """(n, S) standard-normal quantiles of a randomly shifted stratified uniform grid (per star)."""
-    shift = jax.random.uniform(key, (n, 1))
+    shift = _uniform(keys, (1,))
     u = (jnp.arange(S)[None, :] + shift) / S
     return ndtri(jnp.clip(u, 1e-7, 1 - 1e-7))
 
@@ -116,7 +121,7 @@ def _truncated_normal(u, mean, var, lo, hi):
 
 
 @partial(jax.jit, static_argnames=("prior", "n_mu", "n_draws", "bins", "inflate"))
-def _posterior_chunk(idx, M, R, lnp, theta, spacing, stars: StarArrays, table, key, prior, n_mu: int,
+def _posterior_chunk(idx, M, R, lnp, theta, spacing, stars: StarArrays, table, keys, prior, n_mu: int,
                      n_draws: int, inflate: float, bins):
     n, K = idx.shape
     S = n_mu
@@ -128,8 +133,9 @@ def _posterior_chunk(idx, M, R, lnp, theta, spacing, stars: StarArrays, table, k
                                                               sol.E_free, ex(stars.parallax), ex(stars.parallax_err))
     centre = jnp.where(E_p < 0, mu_p - cme_p / vE_p * E_p, mu_p)
     scale = inflate * jnp.sqrt(vmu_p)
-    k1, k2, k3, k4, k5 = jax.random.split(key, 5)
-    z = _stratified_normal(k1, n, S)[:, None, :]                                      # (n, 1, S)
+    ks = jax.vmap(lambda k: jax.random.split(k, 5))(keys)                          # (n, 5, 2)
+    k1, k2, k3, k4, k5 = (ks[:, i] for i in range(5))
+    z = _stratified_normal(k1, S)[:, None, :]                                      # (n, 1, S)
     mu = centre[..., None] + scale[..., None] * z                                    # (n, K, S)
     ln_q = -0.5 * z * z - jnp.log(scale)[..., None] - 0.5 * _LN_2PI
     # (P1): photometry with E integrated against its prior
@@ -160,20 +166,20 @@ def _posterior_chunk(idx, M, R, lnp, theta, spacing, stars: StarArrays, table, k
     E_mean = jnp.sum(jnp.where(jnp.isfinite(lw), wp * E_one, 0.0), 2)
     # systematic resampling of the (point, draw) pairs
     cdf = jnp.cumsum(wn, axis=1)
-    pos = (jnp.arange(n_draws)[None, :] + jax.random.uniform(k2, (n, 1))) / n_draws
+    pos = (jnp.arange(n_draws)[None, :] + _uniform(k2, (1,))) / n_draws
     pick = jnp.minimum(jax.vmap(jnp.searchsorted)(cdf, pos * cdf[:, -1:]), K * S - 1)   # (n, D)
     take = lambda a: jnp.take_along_axis(jnp.broadcast_to(a, (n, K, S)).reshape(n, K * S), pick, 1)  # noqa: E731
     mu_d = take(mu)
-    E_d = _truncated_normal(jax.random.uniform(k3, pick.shape), take(mean), take(var), take(jnp.broadcast_to(lo, mu.shape)),
+    E_d = _truncated_normal(_uniform(k3, pick.shape[1:]), take(mean), take(var), take(jnp.broadcast_to(lo, mu.shape)),
                             take(jnp.broadcast_to(hi, mu.shape)))
     p = pick // S
     th = jnp.take_along_axis(tk, p[..., None], 1)
-    th = th + (jax.random.uniform(k4, th.shape) - 0.5) * spacing
+    th = th + (_uniform(k4, th.shape[1:]) - 0.5) * spacing
     draws = jnp.concatenate([th, mu_d[..., None], E_d[..., None]], -1)
     if bins is None:
         image = jnp.zeros((n, 0, 0), jnp.float32)
     else:
-        E_all = _truncated_normal(jax.random.uniform(k5, mu.shape), mean, var, jnp.broadcast_to(lo, mu.shape),
+        E_all = _truncated_normal(_uniform(k5, mu.shape[1:]), mean, var, jnp.broadcast_to(lo, mu.shape),
                                   jnp.broadcast_to(hi, mu.shape)).reshape(n, K * S)
         image = _histogram(mu.reshape(n, K * S), E_all, wn, bins)
     return _Chunk(draws, jnp.take_along_axis(flat, pick, 1), ess, lz - jnp.log(float(S)), point_lw, mu_mean,
@@ -204,6 +210,7 @@ class GridFit:
     ess : (N,) Kish effective number of weighted grid samples (NaN for stars not fit)
     log_evidence : (N,) ln p(data) up to a per-star constant (NaN for stars not fit)
     n_within : (N,) screened points within ``delta`` of the best (== keep: the kept set may be truncated)
+    points : GridResult with the importance-sampling weights of each kept point (``return_points=True``), or None
     """
 
     fit: FitResult
@@ -212,11 +219,12 @@ class GridFit:
     ess: np.ndarray
     log_evidence: np.ndarray
     n_within: np.ndarray
+    points: GridResult | None = None
 
 
 def grid_posterior(grid: ThetaGrid, stars: StarArrays, prior=None, settings: GridSettings = GridSettings(),
                    key=None, images: ImageBins | None = None, n_chains: int = 0, source_id=None, flags=None,
-                   table=None, progress=None) -> GridFit:
+                   table=None, progress=None, return_points: bool = False) -> GridFit:
     """Grid posterior of N stars, Eqs. (P1)–(P2), as resampled draws (and images, NUTS seeds).
 
     Parameters
@@ -226,7 +234,7 @@ def grid_posterior(grid: ThetaGrid, stars: StarArrays, prior=None, settings: Gri
     prior : GalacticPrior or None
         None: flat in μ, flat E on [0, 7], no θ prior beyond ``grid.ln_prior``.
     settings : GridSettings
-    key : jax PRNG key (default PRNGKey(0))
+    key : jax PRNG key (default PRNGKey(0)); star i uses fold_in(key, i), so chunking does not change results
     images : ImageBins or None
         Also return per-star (μ, E) images on these bins.
     n_chains : int
@@ -237,6 +245,9 @@ def grid_posterior(grid: ThetaGrid, stars: StarArrays, prior=None, settings: Gri
     table : dict, optional
         Position-prior table (:func:`~photoinfer.grid.engine.position_prior_table`) to reuse.
     progress : callable(done, total), optional
+    return_points : bool
+        Also return the kept points with their exact (importance-sampled) weights (memory: ~40 B ×
+        keep per star).
 
     Returns
     -------
@@ -265,14 +276,14 @@ def grid_posterior(grid: ThetaGrid, stars: StarArrays, prior=None, settings: Gri
     lnz = np.full(n, np.nan)
     n_within = np.zeros(n, np.int64)
     imgs = None if images is None else np.zeros((n, images.n_mu, images.n_E), np.float32)
-    inits = []
+    inits, points = [], []
     for c0 in range(0, len(fit_idx), s.star_chunk):
         rows = fit_idx[c0:c0 + s.star_chunk]
         part = StarArrays(*[_pad_rows(np.asarray(a)[rows], s.star_chunk) for a in stars])
         scr = screen(grid, part, prior, keep=keep, delta=s.delta, grid_chunk=s.grid_chunk, star_chunk=s.star_chunk,
                      position_free=s.position_free, table=table)
-        key, sub = jax.random.split(key)
-        out = _posterior_chunk(jnp.asarray(scr.index), M, R, lnp, theta, spacing, part, tab, sub, prior, s.n_mu, D,
+        keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.asarray(_pad_rows(rows, s.star_chunk)))
+        out = _posterior_chunk(jnp.asarray(scr.index), M, R, lnp, theta, spacing, part, tab, keys, prior, s.n_mu, D,
                                float(s.inflate), images)
         k = len(rows)
         draws[rows] = np.asarray(out.draws)[:k]
@@ -282,9 +293,11 @@ def grid_posterior(grid: ThetaGrid, stars: StarArrays, prior=None, settings: Gri
         n_within[rows] = scr.n_within[:k]
         if imgs is not None:
             imgs[rows] = np.asarray(out.image)[:k]
+        pts = scr._replace(log_weight=np.asarray(out.point_logw), mu=np.asarray(out.sol_mu),
+                           E=np.asarray(out.sol_E))
+        if return_points:
+            points.append(jax.tree_util.tree_map(lambda a: a[:k], pts))
         if n_chains > 0:
-            pts = scr._replace(log_weight=np.asarray(out.point_logw), mu=np.asarray(out.sol_mu),
-                               E=np.asarray(out.sol_E))
             ip = initial_points(pts, n_chains, spacing=grid.spacing)
             inits.append((rows, jax.tree_util.tree_map(lambda a: a[:k], ip)))
         if progress is not None:
@@ -305,7 +318,15 @@ def grid_posterior(grid: ThetaGrid, stars: StarArrays, prior=None, settings: Gri
                 full[rows] = p
         initial = ip
     fit = _to_fitresult(draws, draw_lw, ess, flags, source_id, grid, s)
-    return GridFit(fit, imgs, initial, ess, lnz, n_within)
+    pts = None
+    if return_points and points:
+        pts = GridResult(*[np.full((n,) + a.shape[1:], np.nan if a.dtype.kind == "f" else -1, a.dtype)
+                           for a in points[0]])
+        for (rows, _), p in zip([(fit_idx[c:c + s.star_chunk], None) for c in range(0, len(fit_idx), s.star_chunk)],
+                                points):
+            for full, a in zip(pts, p):
+                full[rows] = a
+    return GridFit(fit, imgs, initial, ess, lnz, n_within, pts)
 
 
 def _to_fitresult(draws, draw_lw, ess, flags, source_id, grid, s: GridSettings) -> FitResult:
