@@ -70,7 +70,7 @@ class GridSettings:
     n_draws: int = 1000
     sigma_model: float = 0.02
     min_ess: float = 50.0
-    grid_chunk: int = 4096
+    grid_chunk: int = 16384
     star_chunk: int = 32
     position_free: bool = False
 
