@@ -193,7 +193,7 @@ def main(argv=None):
     res = {"machine": platform.processor() or platform.machine(), "command": " ".join(sys.argv), "mock": {},
            "real": {}, "numpy": {}}
     grids = {name: make_theta_grid(model, name) for name in ("fine", "coarse")}
-    settings = {"fine": GridSettings(position_free=True, keep=2048, n_mu=8),
+    settings = {"fine": GridSettings(position_free=True, keep=6144, n_mu=8),
                 "coarse": GridSettings(position_free=True, keep=512, n_mu=16)}
     tables = {k: position_prior_table(prior, g.feh_axis) for k, g in grids.items()}
 

@@ -63,7 +63,7 @@ class GridSettings:
     position_free : use the sky-averaged prior (ignore l, b)
     """
 
-    keep: int = 2048
+    keep: int = 6144
     delta: float = 25.0
     n_mu: int = 8
     inflate: float = 1.5
