@@ -93,7 +93,8 @@ class TrainConfig:
 
     #: Settings that must agree between a checkpoint and the run resuming it (iterations may grow).
     RESUME_KEYS = ("epochs", "batch_size", "seed", "learning_rate", "lr_decay", "split", "max_sigma_E0_first",
-                   "cut_start", "cut_end", "cut_k_end", "n_hidden", "l2_hidden", "l1_extinction")
+                   "cut_start", "cut_end", "cut_k_end", "n_hidden", "l2_hidden", "l1_extinction",
+                   "init_output_bias", "max_cut_fraction")
 
 
 @dataclass
