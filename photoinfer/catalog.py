@@ -203,8 +203,8 @@ class Catalog:
         return (self.flags & int(unusable)) == 0
 
     def subset(self, index) -> "Catalog":
-        """A new catalog with the rows ``index`` (bool mask or integer array)."""
-        take = lambda a: a[index]  # noqa: E731
+        """A new catalog (copied arrays) with the rows ``index`` (bool mask, integer array or slice)."""
+        take = lambda a: np.array(a[index], copy=True)  # noqa: E731
         fields = {k: take(getattr(self, k)) for k in ("source_id", "mag", "mag_err", "parallax", "parallax_err", "l",
                                                        "b", "theta", "theta_cov", "E0", "sigma_E0", "r_source",
                                                        "atm_source", "flags")}

@@ -9,12 +9,13 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("PHOTOINFER_SHARED", REPO.parent / "shared"))
-GREEN2020 = SHARED / "data" / "green2020"
+GREEN2020 = Path(os.environ.get("PHOTOINFER_GREEN2020_DIR", SHARED / "data" / "green2020"))
 RELEASED_MODEL = GREEN2020 / "green2020_nn_model.h5"
 SAMPLE_8K = GREEN2020 / "green2020_sample_8k.h5"
 #: METHOD §2 check vector: A(M + R) at θ = (5780, 4.44, 0.0), E = 1.
-CHECK_VECTOR = np.array([7.2703, 1.1075, -1.1918, 1.5101, 0.0518, -0.7712, -1.2629, -1.5788, -2.9126, -3.5782,
-                         -3.8257, -1.3119, -0.6578])
+CHECK_THETA = np.array([5780.0, 4.44, 0.0])
+CHECK_VECTOR = CHECK_Y = np.array([7.2703, 1.1075, -1.1918, 1.5101, 0.0518, -0.7712, -1.2629, -1.5788, -2.9126,
+                                   -3.5782, -3.8257, -1.3119, -0.6578])
 
 
 def seed() -> int:
@@ -41,3 +42,16 @@ def sample_8k():
 @pytest.fixture
 def rng():
     return np.random.default_rng(seed())
+
+
+@pytest.fixture(scope="session")
+def green2020_dir() -> Path:
+    if not RELEASED_MODEL.exists():
+        pytest.skip(f"released Green et al. files not found in {GREEN2020} (set PHOTOINFER_GREEN2020_DIR)")
+    return GREEN2020
+
+
+@pytest.fixture(scope="session")
+def released_h5(green2020_dir) -> Path:
+    """Path of the released Keras HDF5 model (read-only; never copied into the repository)."""
+    return RELEASED_MODEL

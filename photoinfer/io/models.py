@@ -9,7 +9,11 @@ photoinfer model file (HDF5, ``format = "photoinfer-model"``, ``format_version =
 
 The released Keras file (Green et al. 2021, Zenodo 10.5281/zenodo.3902382) is read with h5py
 alone; its θ normalization is not inside it and is taken from the JSON file beside it
-(``green2020_theta_normalization.json``) or, failing that, the released values.
+(``green2020_theta_normalization.json``) or, failing that, the released values.  A Keras file
+written by :func:`photoinfer.io.keras.save_keras` (Keras 2 names weights ``kernel:0``, Keras 3
+``kernel``; both are read) carries root attributes ``photoinfer_theta_med``,
+``photoinfer_theta_std`` (3,), ``photoinfer_bands`` and ``photoinfer_provenance`` (JSON), which
+take precedence.
 """
 from __future__ import annotations
 
@@ -145,31 +149,50 @@ def _released_validity(path: Path) -> ValidityGrid | None:
 
 
 def import_released_keras(path: str | os.PathLike, bands: BandSet = DEFAULT_BANDS) -> StellarModel:
-    """Read the authors' Keras HDF5 model with h5py alone.
+    """Read the authors' Keras HDF5 model (or one written by ``save_keras``) with h5py alone.
 
     The θ normalization is read from ``green2020_theta_normalization.json`` beside the file when
-    present, and the region-of-validity grid from ``green2020_input_density.h5`` likewise.
+    present, and the region-of-validity grid from ``green2020_input_density.h5`` likewise.  A file
+    written by :func:`photoinfer.io.keras.save_keras` carries its own θ normalization, band set
+    (overriding ``bands``) and provenance as ``photoinfer_*`` root attributes.
     """
     path = Path(path)
     with h5py.File(path, "r") as f:
         w = f["model_weights"]
-        try:
-            params = {ours: {"kernel": jnp.asarray(w[f"{k}/{k}/kernel:0"][()]),
-                             "bias": jnp.asarray(w[f"{k}/{k}/bias:0"][()])}
-                      for ours, k in _KERAS_LAYERS.items()}
-        except KeyError as e:
-            raise ValueError(f"{path}: Keras file lacks the layer {e} of the Green et al. architecture") from None
-        keras_version = f.attrs.get("keras_version", b"")
+        params = {ours: {k: jnp.asarray(_keras_weight(w, layer, k, path)) for k in ("kernel", "bias")}
+                  for ours, layer in _KERAS_LAYERS.items()}
+        keras_version = _attr_str(f.attrs.get("keras_version", b""))
+        ours = {k: f.attrs[k] for k in ("photoinfer_theta_med", "photoinfer_theta_std", "photoinfer_bands",
+                                         "photoinfer_provenance") if k in f.attrs}
+    if "photoinfer_bands" in ours:
+        bands = BandSet.from_dict(json.loads(_attr_str(ours["photoinfer_bands"])))
     n_out = params["BM"]["kernel"].shape[1]
     if n_out != len(bands):
         raise ValueError(f"{path}: the model has {n_out} bands, the band set {len(bands)}")
+    if "photoinfer_theta_med" in ours and "photoinfer_theta_std" in ours:
+        # written by photoinfer.io.keras.save_keras: the whole model is in the file
+        med = np.asarray(ours["photoinfer_theta_med"], np.float64)
+        std = np.asarray(ours["photoinfer_theta_std"], np.float64)
+        prov = json.loads(_attr_str(ours.get("photoinfer_provenance", "{}")))
+        return StellarModel(params=params, theta_med=med, theta_std=std, bands=bands, provenance=prov)
     med, std, norm_src = _released_normalization(path)
     return StellarModel(params=params, theta_med=med, theta_std=std, bands=bands,
                         provenance={"source": "Green et al. 2021 released Keras model", "file": str(path),
-                                    "keras_version": keras_version.decode() if isinstance(keras_version, bytes)
-                                    else str(keras_version),
+                                    "keras_version": keras_version,
                                     "theta_normalization": norm_src, "doi": "10.5281/zenodo.3902382"},
                         validity=_released_validity(path))
+
+
+def _attr_str(v) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _keras_weight(w: h5py.Group, layer: str, name: str, path: Path) -> np.ndarray:
+    """``model_weights/<layer>/<layer>/<name>``: ``kernel:0`` (Keras 2) or ``kernel`` (Keras 3)."""
+    for key in (f"{layer}/{layer}/{name}:0", f"{layer}/{layer}/{name}"):
+        if key in w:
+            return w[key][()]
+    raise ValueError(f"{path}: Keras file lacks the weight {layer}/{name} of the Green et al. architecture")
 
 
 def _sha256(path: Path) -> str:
