@@ -45,13 +45,25 @@ def star_cut_chi2(params, theta_med, theta_std, s: lik.StarData, E):
 def star_rebuild(params, theta_med, theta_std, s: lik.StarData):
     """Everything one star needs after an iteration: (E, var_E, W, cut χ², n_obs).
 
-    E, var_E: the reddening update (:func:`~photoinfer.likelihood.star_reddening_update`, prior
-    fixed); W: the whitening factor of the full C_y at (E, √var_E); cut χ² at E.
+    E, var_E: the reddening update of METHOD §4 as
+    :func:`~photoinfer.likelihood.star_reddening_update` builds it (prior fixed; C₀ with J_M only,
+    no σ_E, no stabilization); W: the whitening factor of the full C_y at (E, √var_E) with
+    J = J_M + E·∂(A R)/∂θ, stabilized (as :func:`star_whitening`); cut χ² = rᵀP₀r at E
+    (as :func:`star_cut_chi2`).  One Jacobian evaluation and one P₀ serve all three.
     """
-    E, var = lik.star_reddening_update(params, theta_med, theta_std, s)
-    W = star_whitening(params, theta_med, theta_std, s, E, jnp.sqrt(var), first=False)
-    c2, n_obs = star_cut_chi2(params, theta_med, theta_std, s, E)
-    return E, var, W, c2, n_obs
+    def parts(th):
+        x = network.standardize(th, theta_med, theta_std)
+        return network.colour_basis_absolute(params, x), network.to_colour_basis(network.extinction_vector(params, x))
+
+    am, aR = parts(s.theta)
+    J_M, J_R = jax.jacfwd(parts)(s.theta)
+    C0 = lik.covariance_y(s.sigma_m, s.sigma_mu, 0.0, aR, J_M, s.theta_cov)
+    P0 = lik.precision_matrix(C0, s.y_obs)
+    d = (s.y_hat - am) * s.y_obs
+    E, var = lik.reddening_update(P0, aR, d, s.E0, s.sigma_E0)
+    r = d - E * aR * s.y_obs
+    C = lik.stabilize_diagonal(lik.covariance_y(s.sigma_m, s.sigma_mu, jnp.sqrt(var), aR, J_M + E * J_R, s.theta_cov))
+    return E, var, lik.whitening_matrix(C, s.y_obs), r @ P0 @ r, jnp.sum(s.y_obs)
 
 
 @partial(jax.jit, static_argnames=("first",))
