@@ -194,23 +194,26 @@ def batch_loss(params, x, E, y, W, w, n_bands: int, l2: float, l1: float):
 
 
 def _make_epoch(opt, n_batches: int, batch_size: int, n_bands: int, l2: float, l1: float):
-    """One epoch as a jitted ``lax.scan`` over batches gathered (shuffled) once per epoch."""
+    """One epoch as a jitted ``lax.scan`` over batches; each step gathers its batch by index.
+
+    The shuffle is a numpy permutation of the star indices (drawn outside, once per epoch).
+    Gathering inside the step measured 2.7× faster on the 2-core CPU than gathering the whole
+    shuffled epoch first (1.23 vs 0.45 M star-epochs/s at 2×10⁵ stars) and needs no copy of W.
+    """
 
     def epoch(params, opt_state, x, E, y, W, idx, w):
-        def gather(a):
-            return a[idx].reshape((n_batches, batch_size) + a.shape[1:])
-
-        batches = (gather(x), gather(E), gather(y), gather(W), w.reshape(n_batches, batch_size))
-
         def step(carry, b):
             p, s = carry
-            (loss, data), g = jax.value_and_grad(batch_loss, has_aux=True)(p, *b, n_bands, l2, l1)
+            i, wb = b
+            (loss, data), g = jax.value_and_grad(batch_loss, has_aux=True)(p, x[i], E[i], y[i], W[i], wb,
+                                                                           n_bands, l2, l1)
             upd, s2 = opt.update(g, s, p)
             p2 = optax.apply_updates(p, upd)
-            live = jnp.sum(b[4]) > 0  # an all-padding batch makes no step
+            live = jnp.sum(wb) > 0  # an all-padding batch makes no step
             keep = lambda new, old: jax.tree_util.tree_map(lambda a, c: jnp.where(live, a, c), new, old)  # noqa: E731
-            return (keep(p2, p), keep(s2, s)), (loss, data, jnp.sum(b[4]))
+            return (keep(p2, p), keep(s2, s)), (loss, data, jnp.sum(wb))
 
+        batches = (idx.reshape(n_batches, batch_size), w.reshape(n_batches, batch_size))
         (params, opt_state), (loss, data, n) = jax.lax.scan(step, (params, opt_state), batches)
         return params, opt_state, loss, data, n
 
@@ -317,16 +320,16 @@ def train(cat: Catalog, config: TrainConfig = TrainConfig(), *, init: StellarMod
     params, opt_state = state.params, state.opt_state
     E, var_E, included = state.E, state.var_E, state.included
     history = {"epochs": list(state.history["epochs"]), "iterations": list(state.history["iterations"])}
-    W = None
+    W_dev = None  # the whitening factors on the device (one copy: the host array is dropped)
     red = np.full(n, np.nan)
     t_start = time.perf_counter()
 
     for k in range(state.iteration, cfg.iterations):
         t0 = time.perf_counter()
-        if W is None:  # iteration 0, or the first iteration after a resume
-            W = whitening_all(params, med32, std32, data, E, np.sqrt(var_E), first=(k == 0),
-                              batch_size=cfg.rebuild_batch_size)
-        W_dev, E_dev = jnp.asarray(W), jnp.asarray(E, jnp.float32)
+        if W_dev is None:  # iteration 0, or the first iteration after a resume
+            W_dev = jnp.asarray(whitening_all(params, med32, std32, data, E, np.sqrt(var_E), first=(k == 0),
+                                              batch_size=cfg.rebuild_batch_size))
+        E_dev = jnp.asarray(E, jnp.float32)
         train_idx = train_pool[included[train_pool]]
         val_w = jnp.asarray(included[np.asarray(val_idx)] & (len(val_pool) > 0), jnp.float32)
         lr = schedule.learning_rate(k, cfg.learning_rate, cfg.lr_decay)
@@ -352,7 +355,10 @@ def train(cat: Catalog, config: TrainConfig = TrainConfig(), *, init: StellarMod
                 callback("epoch", None, rec)
         t_rebuild = time.perf_counter()
         epochs_s = t_rebuild - t_epochs
-        E_new, var_new, W, red, _ = rebuild_all(params, med32, std32, data, cfg.rebuild_batch_size)
+        W_dev = None
+        E_new, var_new, W_host, red, _ = rebuild_all(params, med32, std32, data, cfg.rebuild_batch_size)
+        W_dev = jnp.asarray(W_host)
+        del W_host
         dE = (E_new - E)[usable]
         thr = schedule.cut_threshold(k, cfg.cut_start, cfg.cut_end, cfg.cut_k_end)
         pool_red = red[train_pool]
