@@ -1,0 +1,409 @@
+"""The iterative training of METHOD §5 with optax: epochs of Adam steps between per-iteration rebuilds.
+
+:func:`train` is pure apart from its ``callback``: it reads a :class:`~photoinfer.catalog.Catalog`
+and returns a :class:`~photoinfer.model.StellarModel` and a :class:`History`; it writes no files.
+Progress bars and checkpoints live in the callback (see :mod:`photoinfer.commands.train`).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from .. import __version__
+from .. import likelihood as lik
+from ..catalog import TRAINING_UNUSABLE, Catalog
+from ..evaluate import star_data
+from ..model import StellarModel, network
+from . import schedule
+from .rebuild import rebuild_all, whitening_all
+
+__all__ = ["TrainConfig", "TrainState", "History", "train", "make_optimizer", "batch_loss"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of :func:`train` (defaults: METHOD §5, the paper's schedule).
+
+    Attributes
+    ----------
+    iterations, epochs : int
+        Outer iterations (rebuilds) and epochs per iteration (20 × 25).
+    batch_size : int
+        Stars per Adam step (1024).
+    seed : int
+        Seeds the split, the initial weights and the shuffles.
+    learning_rate, lr_decay : float
+        Learning rate of iteration k: learning_rate·exp(−lr_decay·k).
+    split : tuple of 3 floats
+        Train / validation / test fractions (0.7, 0.2, 0.1).
+    max_sigma_E0_first : float
+        Iteration 0 leaves out stars with σ_E₀ above this (0.2).
+    cut_start, cut_end, cut_k_end : float, float, int
+        Outlier-cut threshold on the reduced χ² (100 → 5 geometrically by iteration 14).
+    n_hidden, l2_hidden, l1_extinction : int, float, float
+        Network width and regularization (32, 1e-4, 1e-2; METHOD §2).
+    rebuild_batch_size : int
+        Stars per batch of the vectorized rebuild.
+    validity : bool
+        Compute the region-of-validity density of the training stars at the end.
+    init_output_bias : bool
+        Fresh weights only: start the output bias of A·M at the training stars' median ŷ
+        (per component), so that the first steps fit shapes rather than offsets.  With 10⁶ stars
+        it makes no difference; with a few thousand (few steps per epoch) it avoids an iteration
+        0 that ends far from the data.
+    max_cut_fraction : float
+        Safety of the outlier cut: if the threshold would leave out more than this fraction of
+        the usable training stars (a model still far from the data), the threshold is raised to
+        that quantile of the reduced χ² and the iteration record says so (``threshold_raised``).
+    """
+
+    iterations: int = 20
+    epochs: int = 25
+    batch_size: int = 1024
+    seed: int = 0
+    learning_rate: float = 1e-3
+    lr_decay: float = 0.2
+    split: tuple = (0.7, 0.2, 0.1)
+    max_sigma_E0_first: float = 0.2
+    cut_start: float = 100.0
+    cut_end: float = 5.0
+    cut_k_end: int = 14
+    n_hidden: int = 32
+    l2_hidden: float = 1e-4
+    l1_extinction: float = 1e-2
+    rebuild_batch_size: int = 8192
+    validity: bool = True
+    init_output_bias: bool = True
+    max_cut_fraction: float = 0.5
+
+    def __post_init__(self):
+        for name in ("iterations", "epochs", "batch_size", "n_hidden", "rebuild_batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["split"] = list(self.split)
+        return d
+
+    #: Settings that must agree between a checkpoint and the run resuming it (iterations may grow).
+    RESUME_KEYS = ("epochs", "batch_size", "seed", "learning_rate", "lr_decay", "split", "max_sigma_E0_first",
+                   "cut_start", "cut_end", "cut_k_end", "n_hidden", "l2_hidden", "l1_extinction",
+                   "init_output_bias", "max_cut_fraction")
+
+
+@dataclass
+class TrainState:
+    """Everything needed to continue training after ``iteration`` completed iterations.
+
+    Attributes
+    ----------
+    iteration : int
+        Completed iterations.
+    params : dict
+        Network parameters.
+    opt_state : optax state (Adam with an injected learning rate)
+    theta_med, theta_std : (3,) θ normalization
+    E, var_E : (N,) the current per-star reddening and its variance (E₀, 0 before iteration 1)
+    included : (N,) bool, stars entering the next iteration (train and validation splits)
+    rng_state : dict, the shuffle generator's ``bit_generator.state``
+    history : dict with lists ``epochs`` and ``iterations`` (JSON-able records)
+    """
+
+    iteration: int
+    params: dict
+    opt_state: object
+    theta_med: np.ndarray
+    theta_std: np.ndarray
+    E: np.ndarray
+    var_E: np.ndarray
+    included: np.ndarray
+    rng_state: dict
+    history: dict = field(default_factory=lambda: {"epochs": [], "iterations": []})
+
+
+@dataclass
+class History:
+    """What :func:`train` did.
+
+    Attributes
+    ----------
+    epochs : list of dict
+        Per epoch: ``iteration``, ``epoch``, ``learning_rate``, ``train_loss``, ``val_loss`` (χ²/B
+        mean plus regularization, as Keras reports it), ``train_chi2``, ``val_chi2`` (without the
+        regularization), ``seconds``.
+    iterations : list of dict
+        Per iteration: ``n_train``, ``n_val`` (stars trained / validated on), ``threshold`` and
+        ``n_cut``, ``frac_cut`` (training stars left out of the next iteration), reddening changes
+        ``dE_median_abs``, ``dE_rms``, ``dE_max_abs``, timings ``epochs_seconds``, ``rebuild_seconds``.
+    split : (N,) int8, 0 train / 1 validation / 2 test (every catalog star)
+    usable : (N,) bool, no :data:`~photoinfer.catalog.TRAINING_UNUSABLE` flag
+    included : (N,) bool, stars that passed the last outlier cut
+    E, sigma_E : (N,) the last reddening update (NaN for unusable stars)
+    reduced_chi2 : (N,) the cut's χ²/(n_obs − 1) after the last iteration
+    config : dict; timings : dict
+    """
+
+    epochs: list
+    iterations: list
+    split: np.ndarray
+    usable: np.ndarray
+    included: np.ndarray
+    E: np.ndarray
+    sigma_E: np.ndarray
+    reduced_chi2: np.ndarray
+    config: dict
+    timings: dict
+
+    def summary(self) -> dict:
+        """JSON-able summary (no per-star arrays)."""
+        last = self.epochs[-1] if self.epochs else {}
+        return {"config": self.config, "timings": self.timings,
+                "final_train_loss": last.get("train_loss"), "final_val_loss": last.get("val_loss"),
+                "n_split": {n: int(np.sum(self.usable & (self.split == i))) for i, n in enumerate(schedule.SPLIT_NAMES)},
+                "epochs": self.epochs, "iterations": self.iterations}
+
+
+def make_optimizer(learning_rate: float = 1e-3):
+    """Adam with its learning rate injected, so it can change between iterations keeping the moments."""
+    return optax.inject_hyperparams(optax.adam)(learning_rate=learning_rate)
+
+
+def batch_loss(params, x, E, y, W, w, n_bands: int, l2: float, l1: float):
+    """Loss of a batch: Σ w χ²/B / Σ w + regularization, χ² = ‖W (ŷ − ŷ_model(x, E))‖² (METHOD §3).
+
+    Parameters
+    ----------
+    x : (n, 3) standardized θ̂; E : (n,); y : (n, B) ŷ; W : (n, B, B) whitening factors
+    w : (n,) weights (1 for a star in the batch, 0 for padding)
+
+    Returns
+    -------
+    loss, chi2_per_band : ()
+    """
+    ym = network.colour_basis_absolute(params, x) + E[:, None] * network.to_colour_basis(
+        network.extinction_vector(params, x))
+    r = jnp.einsum("nij,nj->ni", W, y - ym)
+    data = jnp.sum(w * jnp.sum(r * r, axis=-1)) / jnp.maximum(jnp.sum(w), 1.0) / n_bands
+    return data + network.regularization(params, l2, l1), data
+
+
+def _make_epoch(opt, n_batches: int, batch_size: int, n_bands: int, l2: float, l1: float):
+    """One epoch as a jitted ``lax.scan`` over batches; each step gathers its batch by index.
+
+    The shuffle is a numpy permutation of the star indices (drawn outside, once per epoch).
+    Gathering inside the step measured 2.7× faster on the 2-core CPU than gathering the whole
+    shuffled epoch first (1.23 vs 0.45 M star-epochs/s at 2×10⁵ stars) and needs no copy of W.
+    """
+
+    def epoch(params, opt_state, x, E, y, W, idx, w):
+        def step(carry, b):
+            p, s = carry
+            i, wb = b
+            (loss, data), g = jax.value_and_grad(batch_loss, has_aux=True)(p, x[i], E[i], y[i], W[i], wb,
+                                                                           n_bands, l2, l1)
+            upd, s2 = opt.update(g, s, p)
+            p2 = optax.apply_updates(p, upd)
+            live = jnp.sum(wb) > 0  # an all-padding batch makes no step
+            keep = lambda new, old: jax.tree_util.tree_map(lambda a, c: jnp.where(live, a, c), new, old)  # noqa: E731
+            return (keep(p2, p), keep(s2, s)), (loss, data, jnp.sum(wb))
+
+        batches = (idx.reshape(n_batches, batch_size), w.reshape(n_batches, batch_size))
+        (params, opt_state), (loss, data, n) = jax.lax.scan(step, (params, opt_state), batches)
+        return params, opt_state, loss, data, n
+
+    return jax.jit(epoch)
+
+
+def _make_eval(n_bands: int, l2: float, l1: float):
+    @jax.jit
+    def evaluate(params, x, E, y, W, idx, w):
+        return batch_loss(params, x[idx], E[idx], y[idx], W[idx], w, n_bands, l2, l1)
+    return evaluate
+
+
+def _median_target(cat: Catalog, select) -> np.ndarray:
+    """Median over the selected stars of each observed component of ŷ (0 where none), shape (B,)."""
+    d = star_data(cat.subset(select))
+    y = np.where(np.asarray(d.y_obs), np.asarray(d.y_hat), np.nan)
+    with np.errstate(all="ignore"):
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            med = np.nanmedian(y, axis=0)
+    return np.nan_to_num(med)
+
+
+def _initial_state(cat: Catalog, cfg: TrainConfig, init: StellarModel | None, split, usable) -> TrainState:
+    if init is not None:
+        if init.bands.keys != cat.bands.keys:
+            raise ValueError(f"--init model bands {init.bands.names} differ from the catalog's {cat.bands.names}")
+        params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float32), init.params)
+        med, std = np.asarray(init.theta_med, float), np.asarray(init.theta_std, float)
+    else:
+        train_theta = cat.theta[usable & (split == schedule.TRAIN)]
+        if len(train_theta) < 2:
+            raise ValueError(f"{cat.name}: only {len(train_theta)} usable training star(s); need at least 2")
+        med, std = np.median(train_theta, axis=0), np.std(train_theta, axis=0)
+        if np.any(~(std > 0)):
+            raise ValueError(f"{cat.name}: θ of the training stars has zero spread in some component: std = {std}")
+        params = network.init_params(jax.random.PRNGKey(cfg.seed), len(cat.bands), cfg.n_hidden)
+        if cfg.init_output_bias:
+            params["BM"]["bias"] = jnp.asarray(_median_target(cat, usable & (split == schedule.TRAIN)), jnp.float32)
+    opt_state = make_optimizer(cfg.learning_rate).init(params)
+    sigma_E0 = np.nan_to_num(cat.sigma_E0, nan=np.inf)
+    included = usable & (sigma_E0 <= cfg.max_sigma_E0_first)
+    rng = np.random.default_rng([cfg.seed, 1])
+    return TrainState(0, params, opt_state, med, std, np.nan_to_num(cat.E0).astype(np.float32),
+                      np.zeros(len(cat), np.float32), included, rng.bit_generator.state)
+
+
+def train(cat: Catalog, config: TrainConfig = TrainConfig(), *, init: StellarModel | None = None,
+          resume: TrainState | None = None, callback=None) -> tuple[StellarModel, History]:
+    """Train a stellar model on ``cat`` (METHOD §5).
+
+    Parameters
+    ----------
+    cat : Catalog
+        Training-type stars (θ, C_θ, photometry, parallax, reddening prior).  Stars with a
+        :data:`~photoinfer.catalog.TRAINING_UNUSABLE` flag are carried but never used.
+    config : TrainConfig
+    init : StellarModel, optional
+        Start from this model's parameters and θ normalization (fine-tuning); default: fresh
+        weights (:func:`~photoinfer.model.network.init_params`, seeded) and the training split's
+        θ median and standard deviation.
+    resume : TrainState, optional
+        Continue from this state (e.g. a checkpoint); it must come from the same catalog and config.
+    callback : callable, optional
+        ``callback(event, state, record)``: event ``"epoch"`` after every epoch (record: the epoch
+        record) and ``"iteration"`` after every iteration's rebuild (record: the iteration record,
+        state: a :class:`TrainState` to checkpoint).
+
+    Returns
+    -------
+    model : StellarModel
+        With provenance (catalog, config, split sizes, final losses) and, if ``config.validity``,
+        the region of validity of its training stars.
+    history : History
+    """
+    cfg = config
+    n, B = len(cat), len(cat.bands)
+    if n == 0:
+        raise ValueError(f"{cat.name}: the catalog is empty")
+    split = schedule.split_labels(n, cfg.seed, cfg.split)
+    usable = cat.usable(TRAINING_UNUSABLE)
+    state = resume if resume is not None else _initial_state(cat, cfg, init, split, usable)
+    if len(state.E) != n:
+        raise ValueError(f"the resumed state has {len(state.E)} stars, the catalog {cat.name} {n}")
+    data = star_data(cat)
+    med32, std32 = jnp.asarray(state.theta_med, jnp.float32), jnp.asarray(state.theta_std, jnp.float32)
+    x_all = jnp.asarray(np.nan_to_num(np.asarray(network.standardize(np.asarray(data.theta), state.theta_med,
+                                                                       state.theta_std))), jnp.float32)
+    y_all = data.y_hat
+    train_pool = np.flatnonzero(usable & (split == schedule.TRAIN))
+    val_pool = np.flatnonzero(usable & (split == schedule.VALIDATION))
+    if len(train_pool) == 0:
+        raise ValueError(f"{cat.name}: no usable training star")
+    bs = cfg.batch_size
+    n_batches = -(-len(train_pool) // bs)
+    opt = make_optimizer(cfg.learning_rate)
+    epoch_fn = _make_epoch(opt, n_batches, bs, B, cfg.l2_hidden, cfg.l1_extinction)
+    eval_fn = _make_eval(B, cfg.l2_hidden, cfg.l1_extinction)
+    val_idx = jnp.asarray(val_pool if len(val_pool) else train_pool[:1], jnp.int32)
+    rng = np.random.default_rng()
+    rng.bit_generator.state = state.rng_state
+    params, opt_state = state.params, state.opt_state
+    E, var_E, included = state.E, state.var_E, state.included
+    history = {"epochs": list(state.history["epochs"]), "iterations": list(state.history["iterations"])}
+    W_dev = None  # the whitening factors on the device (one copy: the host array is dropped)
+    red = np.full(n, np.nan)
+    t_start = time.perf_counter()
+
+    for k in range(state.iteration, cfg.iterations):
+        t0 = time.perf_counter()
+        if W_dev is None:  # iteration 0, or the first iteration after a resume
+            W_dev = jnp.asarray(whitening_all(params, med32, std32, data, E, np.sqrt(var_E), first=(k == 0),
+                                              batch_size=cfg.rebuild_batch_size))
+        E_dev = jnp.asarray(E, jnp.float32)
+        train_idx = train_pool[included[train_pool]]
+        val_w = jnp.asarray(included[np.asarray(val_idx)] & (len(val_pool) > 0), jnp.float32)
+        lr = schedule.learning_rate(k, cfg.learning_rate, cfg.lr_decay)
+        opt_state.hyperparams["learning_rate"] = jnp.asarray(lr, jnp.float32)
+        w = np.zeros(n_batches * bs, np.float32)
+        w[:len(train_idx)] = 1.0
+        w = jnp.asarray(w)
+        t_epochs = time.perf_counter()
+        for e in range(cfg.epochs):
+            te = time.perf_counter()
+            idx = np.zeros(n_batches * bs, np.int32)
+            idx[:len(train_idx)] = train_idx[rng.permutation(len(train_idx))]
+            params, opt_state, loss, chi2b, nb = epoch_fn(params, opt_state, x_all, E_dev, y_all, W_dev,
+                                                          jnp.asarray(idx), w)
+            loss, chi2b, nb = np.asarray(loss), np.asarray(chi2b), np.asarray(nb)
+            vloss, vchi2 = eval_fn(params, x_all, E_dev, y_all, W_dev, val_idx, val_w)
+            rec = {"iteration": k, "epoch": e, "learning_rate": lr,
+                   "train_loss": float(np.sum(loss * nb) / max(nb.sum(), 1)),
+                   "train_chi2": float(np.sum(chi2b * nb) / max(nb.sum(), 1)),
+                   "val_loss": float(vloss), "val_chi2": float(vchi2), "seconds": time.perf_counter() - te}
+            history["epochs"].append(rec)
+            if callback is not None:
+                callback("epoch", None, rec)
+        t_rebuild = time.perf_counter()
+        epochs_s = t_rebuild - t_epochs
+        W_dev = None
+        E_new, var_new, W_host, red, _ = rebuild_all(params, med32, std32, data, cfg.rebuild_batch_size)
+        W_dev = jnp.asarray(W_host)
+        del W_host
+        dE = (E_new - E)[usable]
+        thr = schedule.cut_threshold(k, cfg.cut_start, cfg.cut_end, cfg.cut_k_end)
+        pool_red = red[train_pool]
+        raised = bool(np.mean(~(pool_red <= thr)) > cfg.max_cut_fraction)
+        if raised:
+            finite = pool_red[np.isfinite(pool_red)]
+            thr = float(np.quantile(finite, 1.0 - cfg.max_cut_fraction)) if len(finite) else np.inf
+        new_included = usable & np.isfinite(red) & (red <= thr)
+        cut_train = usable[train_pool] & ~new_included[train_pool]
+        E, var_E, included = E_new, var_new, new_included
+        irec = {"iteration": k, "learning_rate": lr, "n_train": int(len(train_idx)),
+                "n_val": int(np.asarray(val_w).sum()), "threshold": thr, "threshold_raised": raised, "n_cut": int(cut_train.sum()),
+                "frac_cut": float(cut_train.mean()),
+                "dE_median_abs": float(np.median(np.abs(dE))) if len(dE) else 0.0,
+                "dE_rms": float(np.sqrt(np.mean(dE ** 2))) if len(dE) else 0.0,
+                "dE_max_abs": float(np.max(np.abs(dE))) if len(dE) else 0.0,
+                "train_loss": history["epochs"][-1]["train_loss"], "val_loss": history["epochs"][-1]["val_loss"],
+                "epochs_seconds": epochs_s, "rebuild_seconds": time.perf_counter() - t_rebuild
+                + (t_epochs - t0), "star_epochs_per_second": len(train_idx) * cfg.epochs / epochs_s}
+        history["iterations"].append(irec)
+        state = TrainState(k + 1, params, opt_state, state.theta_med, state.theta_std, E, var_E, included,
+                           rng.bit_generator.state, history)
+        if callback is not None:
+            callback("iteration", state, irec)
+
+    if not np.isfinite(red).any():  # nothing trained in this call (resumed a finished run): recompute
+        _, _, _, red, _ = rebuild_all(params, med32, std32, data, cfg.rebuild_batch_size)
+    timings = {"total_seconds": time.perf_counter() - t_start,
+               "epochs_seconds": float(sum(r["epochs_seconds"] for r in history["iterations"])),
+               "rebuild_seconds": float(sum(r["rebuild_seconds"] for r in history["iterations"]))}
+    hist = History(history["epochs"], history["iterations"], split, usable, included,
+                   np.where(usable, E, np.nan), np.where(usable, np.sqrt(var_E), np.nan),
+                   np.where(usable, red, np.nan), cfg.to_dict(), timings)
+    model = StellarModel(params=jax.tree_util.tree_map(np.asarray, params), theta_med=np.asarray(state.theta_med),
+                         theta_std=np.asarray(state.theta_std), bands=cat.bands)
+    validity = None
+    if cfg.validity:
+        from .validation import validity_grid
+        final_train = usable & (split == schedule.TRAIN) & included
+        validity = validity_grid(cat.theta[final_train], np.asarray(data.y_obs)[final_train], cat.bands)
+    last = history["epochs"][-1] if history["epochs"] else {}
+    provenance = {"source": "trained by photoinfer", "photoinfer_version": __version__, "catalog": cat.name,
+                  "n_stars": n, "n_usable": int(usable.sum()), "config": cfg.to_dict(),
+                  "init": (init.provenance.get("file") or init.provenance.get("source")) if init is not None else None,
+                  "split": {nm: int(np.sum(usable & (split == i))) for i, nm in enumerate(schedule.SPLIT_NAMES)},
+                  "final_train_loss": last.get("train_loss"), "final_val_loss": last.get("val_loss"),
+                  "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    return model.replace(provenance=provenance, validity=validity), hist
