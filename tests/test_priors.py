@@ -382,7 +382,7 @@ def test_total_log_prior_finite_gradients(name):
     mus, Es = jnp.linspace(8, 14, 4), jnp.full(4, 0.2)
     out = jax.vmap(pr.log_prior)(th, mus, Es)
     parts = P.log_prior_mu_feh_sky(th[:, 2], mus, pr.params) + sp(th) - np.log(P.E_MAX)
-    np.testing.assert_allclose(np.asarray(out), np.asarray(parts), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(parts), atol=0.01)  # tabulated sky prior: < 0.01
     assert np.isneginf(float(pr.log_prior(theta, 10.0, -0.1)))
 
 

@@ -153,7 +153,7 @@ class SkyPriorTable(NamedTuple):
     beyond the grid are those of its edge).  Built by :func:`tabulate_mu_feh_sky`.
     """
 
-    values: jax.Array     # (n_mu, n_feh)
+    values: np.ndarray    # (n_mu, n_feh), concrete (a constant in every trace)
     mu0: float
     dmu: float
     feh0: float
@@ -167,8 +167,9 @@ def tabulate_mu_feh_sky(params: GalacticParams = BAYESTAR, mp: MetallicityParams
     mu = np.arange(mu_range[0], mu_range[1] + dmu / 2, dmu)
     feh = np.arange(feh_range[0], feh_range[1] + dfeh / 2, dfeh)
     f = jax.jit(jax.vmap(lambda m: log_prior_mu_feh_sky(jnp.asarray(feh), m, params, mp, n_dirs)))
-    values = np.concatenate([np.asarray(f(jnp.asarray(c, jnp.float32))) for c in np.array_split(mu, 20)])
-    return SkyPriorTable(jnp.asarray(values), float(mu[0]), float(dmu), float(feh[0]), float(dfeh))
+    with jax.ensure_compile_time_eval():  # concrete even when first needed inside a traced function
+        values = np.concatenate([np.asarray(f(jnp.asarray(c, jnp.float32))) for c in np.array_split(mu, 20)])
+    return SkyPriorTable(values.astype(np.float32), float(mu[0]), float(dmu), float(feh[0]), float(dfeh))
 
 
 def log_prior_mu_feh_sky_table(table: SkyPriorTable, feh, mu):
