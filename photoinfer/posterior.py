@@ -8,7 +8,7 @@ Datasets, and r̂/ESS are computed by ``arviz.rhat``/``arviz.ess`` on a Dataset 
 Layout of the InferenceData (any :class:`~photoinfer.fitresult.FitResult`):
 
 - ``posterior``: teff [K], logg, feh [dex], mu [mag], E, distance [pc]; dims (chain, draw, star)
-- ``sample_stats``: diverging, n_steps, acceptance_rate, energy, lp, step_size (what the method gives)
+- ``sample_stats``: diverging (0/1 int8: NetCDF has no bool), n_steps, acceptance_rate, energy, lp, step_size (what the method gives)
 - ``observed_data`` (with a catalog): mag, mag_err (star, band) [mag], parallax, parallax_err (star) [mas]
 - ``constant_data``: source_id, flags (star); with a catalog also l, b [deg]
 - coordinate ``star`` = source_id; attrs: the FitResult's attrs (prior, seed, settings)
@@ -51,8 +51,8 @@ def _coords(result: FitResult, n_chain: int, n_draw: int) -> dict:
 
 def _attrs(result: FitResult) -> dict:
     out = {"method": result.method}
-    for k, v in result.attrs.items():
-        out[k] = v if isinstance(v, (int, float, str)) else str(v)
+    for k, v in result.attrs.items():       # NetCDF attributes: no bool, no None
+        out[k] = int(v) if isinstance(v, (bool, np.bool_)) else v if isinstance(v, (int, float, str)) else str(v)
     return out
 
 
@@ -72,8 +72,10 @@ def to_inference_data(result: FitResult, catalog=None):
     post = {k: result.samples[k] for k in PARAMETERS}
     post["distance"] = result.draws("distance")
     groups = {"posterior": _posterior_dataset(post, coords)}
-    groups["sample_stats"] = _posterior_dataset({_STAT_NAMES.get(k, k): v for k, v in result.sample_stats.items()},
-                                                coords)
+    # NetCDF (h5netcdf) has no boolean type: diverging is stored as 0/1 int8
+    stats = {_STAT_NAMES.get(k, k): (np.asarray(v).astype(np.int8) if np.asarray(v).dtype == bool else v)
+             for k, v in result.sample_stats.items()}
+    groups["sample_stats"] = _posterior_dataset(stats, coords)
     const = {"source_id": ("star", np.asarray(result.source_id, np.int64)),
              "flags": ("star", np.asarray(result.flags, np.int64))}
     if catalog is not None:

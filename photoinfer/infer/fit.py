@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 
 import jax
 import jax.numpy as jnp
@@ -90,6 +91,8 @@ def fit_catalog(model, catalog, *, prior: str | InferencePrior = "bayestar", met
                                max_num_doublings=int(max_num_doublings), sigma_model=float(sigma_model),
                                adaptation=adaptation)
     inputs = star_inputs(catalog, use_parallax=use_parallax, use_position=use_position)
+    if prior.sightline and not inputs.has_lb.any():
+        prior = replace(prior, sightline=False)          # no star has a position: skip that term
     n = len(catalog)
     flags = np.asarray(catalog.flags, np.int64).copy()
     run = np.flatnonzero((flags & int(INFERENCE_UNUSABLE)) == 0)

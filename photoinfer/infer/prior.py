@@ -38,11 +38,14 @@ class InferencePrior:
         ln p(μ, [M/H]) sky-averaged, on :data:`MU_TABLE` × :data:`FEH_TABLE` nodes.
     name : str
         Galactic parameter set ("bayestar", "brutus").
+    sightline : bool
+        False skips the sightline term (every star is position-free): saves its cost per evaluation.
     """
 
     prior: GalacticPrior
     sky_table: np.ndarray
     name: str = "bayestar"
+    sightline: bool = True
 
     @property
     def E_max(self) -> float:
@@ -73,8 +76,9 @@ class InferencePrior:
         E0, sigma_E0 : (...) per-star dust prior (used by the "gaussian"/"map" dust priors)
         """
         feh = theta[..., 2]
-        sight = log_prior_mu_feh(feh, mu, l, b, self.prior.params, self.prior.metallicity)
-        lp = jnp.where(has_lb, sight, self.log_prior_sky(feh, mu))
+        lp = self.log_prior_sky(feh, mu)
+        if self.sightline:
+            lp = jnp.where(has_lb, log_prior_mu_feh(feh, mu, l, b, self.prior.params, self.prior.metallicity), lp)
         if self.prior.stellar is not None:
             lp = lp + self.prior.stellar(theta)
         if self.prior.dust == "flat":
