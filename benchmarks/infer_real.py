@@ -50,7 +50,7 @@ def main():
     t = time.perf_counter()
     res = fit_catalog(model, cat, prior=prior, seed=args.seed, use_position=False)
     out["with_parallax"] = {"seconds": round(time.perf_counter() - t, 1), "residuals": residual_stats(res, cat),
-                            "frac_not_converged": float(np.mean(res.summary["flags"] & 1024 > 0))}
+                            "frac_not_converged": float(np.mean((res.summary["flags"] & 1024) > 0))}
     print(out["with_parallax"])
     write_json("infer_real.json", out)
     t = time.perf_counter()

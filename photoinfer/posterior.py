@@ -91,7 +91,7 @@ def to_inference_data(result: FitResult, catalog=None):
     attrs = _attrs(result)
     for ds in groups.values():
         ds.attrs.update(attrs)
-    if hasattr(az, "InferenceData"):                    # arviz < 1
+    if int(az.__version__.split(".")[0]) < 1:          # arviz < 1: InferenceData
         return az.InferenceData(**groups)
     return xr.DataTree.from_dict(groups)                # arviz >= 1: a DataTree
 
