@@ -1,0 +1,63 @@
+"""Shared pieces of the inference benchmarks: model path, mock catalogs cached on disk, coverage."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+SHARED = Path(os.environ.get("PHOTOINFER_SHARED", REPO.parent / "shared"))
+RELEASED_MODEL = SHARED / "data" / "green2020" / "green2020_nn_model.h5"
+SAMPLE_8K = SHARED / "data" / "green2020" / "green2020_sample_8k.h5"
+DEFAULT_MODEL = REPO / "data" / "photoinfer_default_model.h5"
+PARAMS = ("teff", "logg", "feh", "mu", "E")
+
+
+def model_path() -> Path:
+    return DEFAULT_MODEL if DEFAULT_MODEL.exists() else RELEASED_MODEL
+
+
+def mock_catalog(model, prior, n: int, seed: int):
+    """The prior-predictive mock (cached as Parquet under benchmarks/results/cache)."""
+    from photoinfer.infer.predictive import prior_predictive_catalog
+    from photoinfer.io.catalogs import read_catalog, write_catalog
+    cache = RESULTS / "cache" / f"mock_{Path(model_path()).stem}_{prior.name}_n{n}_s{seed}.parquet"
+    if cache.exists():
+        cat = read_catalog(cache)
+        return cat
+    t = time.perf_counter()
+    cat = prior_predictive_catalog(model, prior, n, seed=seed)
+    print(f"mock of {n} stars drawn in {time.perf_counter() - t:.0f} s", file=sys.stderr)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    write_catalog(cat, cache)
+    return read_catalog(cache)
+
+
+def truth(cat) -> np.ndarray:
+    return np.stack([np.asarray(cat.extra[f"true_{p}"], float) for p in PARAMS], -1)
+
+
+def coverage(samples: dict, true: np.ndarray, ok: np.ndarray) -> dict:
+    """Fraction of stars whose central 68 % / 95 % interval contains the truth, per parameter."""
+    out = {}
+    for i, p in enumerate(PARAMS):
+        d = np.asarray(samples[p]).reshape(-1, true.shape[0])[:, ok]
+        t = true[ok, i]
+        res = {}
+        for level in (68, 95):
+            lo, hi = np.percentile(d, [50 - level / 2, 50 + level / 2], axis=0)
+            res[str(level)] = float(np.mean((t >= lo) & (t <= hi)))
+        out[p] = res
+    return out
+
+
+def write_json(name: str, obj: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / name
+    path.write_text(json.dumps(obj, indent=2, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+    return path

@@ -1,0 +1,72 @@
+"""Real stars: posteriors from photometry (+ parallax) of the released 8k sample, spectroscopy hidden.
+
+usage: python benchmarks/infer_real.py [--n 1000] [--seed 3]
+Writes benchmarks/results/infer_real.json: median and scatter (half the 16–84 % range, and the std)
+of (posterior median − spectroscopic value) for Teff, logg, [M/H], for dwarfs (spectroscopic logg > 3.5)
+and giants; and, with the parallax hidden too, the z-scores of the measured parallax against the
+posterior parallax (ϖ̂ − E[ϖ]) / sqrt(σ_ϖ² + Var[ϖ]).
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from infer_common import SAMPLE_8K, model_path, write_json
+
+
+def residual_stats(res, cat):
+    out = {}
+    spec = cat.theta
+    dwarf = spec[:, 1] > 3.5
+    for i, p in enumerate(("teff", "logg", "feh")):
+        d = res.summary[f"{p}_p50"] - spec[:, i]
+        for name, sel in (("dwarfs", dwarf), ("giants", ~dwarf)):
+            x = d[sel & np.isfinite(d)]
+            q16, q50, q84 = np.percentile(x, [16, 50, 84])
+            out.setdefault(name, {})[p] = {"n": int(len(x)), "median": float(q50), "scatter_16_84": float((q84 - q16) / 2),
+                                           "std": float(np.std(x))}
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=1000, help="random subset size (0 = all 8,000)")
+    ap.add_argument("--seed", type=int, default=3)
+    args = ap.parse_args()
+    from photoinfer.infer.fit import fit_catalog
+    from photoinfer.infer.model import parallax_of_mu
+    from photoinfer.infer.prior import build_prior
+    from photoinfer.io.catalogs import read_catalog
+    from photoinfer.io.models import load_model
+    model = load_model(model_path())
+    prior = build_prior(model)
+    cat = read_catalog(SAMPLE_8K)
+    if args.n:
+        idx = np.sort(np.random.default_rng(args.seed).choice(len(cat), args.n, replace=False))
+        cat = cat.subset(idx)
+    out = {"model": model_path().name, "n": len(cat), "subset_seed": args.seed, "prior": "bayestar, position-free"}
+    t = time.perf_counter()
+    res = fit_catalog(model, cat, prior=prior, seed=args.seed, use_position=False)
+    out["with_parallax"] = {"seconds": round(time.perf_counter() - t, 1), "residuals": residual_stats(res, cat),
+                            "frac_not_converged": float(np.mean((res.summary["flags"] & 1024) > 0))}
+    print(out["with_parallax"])
+    write_json("infer_real.json", out)
+    t = time.perf_counter()
+    res2 = fit_catalog(model, cat, prior=prior, seed=args.seed, use_position=False, use_parallax=False)
+    plx_post = parallax_of_mu(np.asarray(res2.samples["mu"], np.float64)).reshape(-1, len(cat))
+    has = np.isfinite(cat.parallax) & np.isfinite(res2.summary["mu_p50"])
+    z = (cat.parallax - plx_post.mean(0)) / np.sqrt(cat.parallax_err ** 2 + plx_post.var(0))
+    z = z[has]
+    out["without_parallax"] = {"seconds": round(time.perf_counter() - t, 1), "residuals": residual_stats(res2, cat),
+                               "parallax_z": {"n": int(has.sum()), "median": float(np.median(z)),
+                                              "std": float(np.std(z)),
+                                              "scatter_16_84": float(np.diff(np.percentile(z, [16, 84]))[0] / 2),
+                                              "frac_abs_gt_3": float(np.mean(np.abs(z) > 3))}}
+    print(out["without_parallax"])
+    write_json("infer_real.json", out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""The numpyro model of METHOD §8 for photometry-only stars, and its per-star log density.
+
+    p(θ, μ, E | m̂, ϖ̂, l, b) ∝ N(m̂ | M(θ) + μ + E R(θ), diag(σ_m² + σ_model²))   over observed bands
+                             · N(ϖ̂ | 10^(2 − μ/5), σ_ϖ²)                         when ϖ̂ is given (any S/N)
+                             · p(θ, μ, E | l, b)                                 (photoinfer.priors)
+
+Latent sites (one star): ``x`` (3,) the standardized θ = (θ − θ_med)/θ_std (unbounded; the
+stellar prior confines it), ``mu`` (unbounded), ``E`` on [0, E_max] (numpyro maps it to the real
+line with a logit transform and adds its Jacobian).  The unconstrained position of a star is the
+flat vector z = (x₁, x₂, x₃, μ, logit(E/E_max)) of length :data:`NDIM`.
+
+:func:`star_model` is the model of one star (vmap its potential over stars);
+:func:`catalog_model` is the same posterior for N stars under one ``numpyro.plate`` (the plain
+layout, used as the benchmark baseline and for prior-predictive draws of many stars).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+from numpyro.distributions import constraints
+from numpyro.infer.util import potential_energy
+
+from ..model import network
+
+__all__ = ["StarInputs", "star_inputs", "ModelArrays", "model_arrays", "star_model", "catalog_model",
+           "log_density", "constrain", "unconstrain", "parallax_of_mu", "NDIM", "SIGMA_MODEL"]
+
+#: Dimension of a star's unconstrained position (x₁, x₂, x₃, μ, logit E).
+NDIM = 5
+#: Default model error floor added in quadrature to every band [mag].
+SIGMA_MODEL = 0.02
+
+
+class StarInputs(NamedTuple):
+    """One star's data (or N stars' with a leading axis), all float32 / bool, no NaN.
+
+    mag, mag_err : (B,) [mag], 0 and 1 where unobserved; obs : (B,) bool
+    parallax, parallax_err : () [mas], 0 and 1 where absent; has_plx : () bool
+    l, b : () [deg], 0 where absent; has_lb : () bool
+    E0, sigma_E0 : () per-star dust prior (0, 1 where absent)
+    """
+
+    mag: jnp.ndarray
+    mag_err: jnp.ndarray
+    obs: jnp.ndarray
+    parallax: jnp.ndarray
+    parallax_err: jnp.ndarray
+    has_plx: jnp.ndarray
+    l: jnp.ndarray
+    b: jnp.ndarray
+    has_lb: jnp.ndarray
+    E0: jnp.ndarray
+    sigma_E0: jnp.ndarray
+
+
+def star_inputs(cat, use_parallax: bool = True, use_position: bool = True) -> StarInputs:
+    """Per-star inputs (numpy, leading axis N) from a :class:`~photoinfer.catalog.Catalog`.
+
+    ``use_parallax=False`` hides the parallax; ``use_position=False`` uses the position-free prior.
+    """
+    f32 = lambda a: np.asarray(a, np.float32)  # noqa: E731
+    obs = np.isfinite(cat.mag) & np.isfinite(cat.mag_err) & (np.nan_to_num(cat.mag_err) > 0)
+    has_plx = np.isfinite(cat.parallax) & np.isfinite(cat.parallax_err) & (np.nan_to_num(cat.parallax_err) > 0)
+    has_plx &= bool(use_parallax)
+    has_lb = np.isfinite(cat.l) & np.isfinite(cat.b) & bool(use_position)
+    has_E0 = np.isfinite(cat.E0) & np.isfinite(cat.sigma_E0) & (np.nan_to_num(cat.sigma_E0) > 0)
+    return StarInputs(
+        mag=f32(np.where(obs, cat.mag, 0.0)), mag_err=f32(np.where(obs, cat.mag_err, 1.0)), obs=obs,
+        parallax=f32(np.where(has_plx, cat.parallax, 0.0)), parallax_err=f32(np.where(has_plx, cat.parallax_err, 1.0)),
+        has_plx=has_plx, l=f32(np.where(has_lb, cat.l, 0.0)), b=f32(np.where(has_lb, cat.b, 0.0)), has_lb=has_lb,
+        E0=f32(np.where(has_E0, cat.E0, 0.0)), sigma_E0=f32(np.where(has_E0, cat.sigma_E0, 1.0)))
+
+
+class ModelArrays(NamedTuple):
+    """The stellar model as jnp arrays: network params, θ_med, θ_std [K, dex, dex]."""
+
+    params: dict
+    theta_med: jnp.ndarray
+    theta_std: jnp.ndarray
+
+
+def model_arrays(model) -> ModelArrays:
+    """:class:`ModelArrays` of a :class:`~photoinfer.model.StellarModel` (float32)."""
+    params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float32), model.params)
+    return ModelArrays(params, jnp.asarray(model.theta_med, jnp.float32), jnp.asarray(model.theta_std, jnp.float32))
+
+
+def parallax_of_mu(mu):
+    """ϖ(μ) = 10^(2 − μ/5) [mas] (METHOD §8)."""
+    return 10.0 ** (2.0 - mu / 5.0)
+
+
+def _predicted_magnitudes(arrays: ModelArrays, x, mu, E):
+    """M(θ) + μ + E R(θ) at standardized θ = x, shape (..., B) [mag]."""
+    am = network.colour_basis_absolute(arrays.params, x)
+    M = am.at[..., 1:].add(am[..., :1])
+    return M + mu[..., None] + E[..., None] * network.extinction_vector(arrays.params, x)
+
+
+def star_model(s: StarInputs, arrays: ModelArrays, prior, sigma_model: float = SIGMA_MODEL, observe: bool = True):
+    """numpyro model of one star (METHOD §8).
+
+    Parameters
+    ----------
+    s : StarInputs
+        One star (no leading axis).
+    arrays : ModelArrays
+    prior : photoinfer.infer.prior.InferencePrior
+    sigma_model : float
+        Model error floor [mag], added in quadrature to every band's error.
+    observe : bool
+        False: ``mag`` and ``parallax`` are sampled (prior-predictive draws), not conditioned on.
+    """
+    x = numpyro.sample("x", dist.ImproperUniform(constraints.real, (), (3,)))
+    mu = numpyro.sample("mu", dist.ImproperUniform(constraints.real, (), ()))
+    E = numpyro.sample("E", dist.ImproperUniform(constraints.interval(0.0, prior.E_max), (), ()))
+    theta = arrays.theta_med + arrays.theta_std * x
+    numpyro.deterministic("theta", theta)
+    numpyro.factor("log_prior", prior.log_prior(theta, mu, E, s.l, s.b, s.has_lb, s.E0, s.sigma_E0))
+    pred = _predicted_magnitudes(arrays, x, mu, E)
+    sigma = jnp.sqrt(s.mag_err ** 2 + sigma_model ** 2)
+    numpyro.sample("mag", dist.Normal(pred, sigma).mask(s.obs).to_event(1), obs=s.mag if observe else None)
+    with numpyro.handlers.mask(mask=s.has_plx):
+        numpyro.sample("parallax", dist.Normal(parallax_of_mu(mu), s.parallax_err),
+                       obs=s.parallax if observe else None)
+
+
+def catalog_model(s: StarInputs, arrays: ModelArrays, prior, sigma_model: float = SIGMA_MODEL,
+                  observe: bool = True):
+    """The same posterior for N stars (leading axis of ``s``) under one ``numpyro.plate``."""
+    n = s.mag.shape[0]
+    with numpyro.plate("star", n):
+        x = numpyro.sample("x", dist.ImproperUniform(constraints.real, (), (3,)))
+        mu = numpyro.sample("mu", dist.ImproperUniform(constraints.real, (), ()))
+        E = numpyro.sample("E", dist.ImproperUniform(constraints.interval(0.0, prior.E_max), (), ()))
+        theta = arrays.theta_med + arrays.theta_std * x
+        numpyro.factor("log_prior", prior.log_prior(theta, mu, E, s.l, s.b, s.has_lb, s.E0, s.sigma_E0))
+        pred = _predicted_magnitudes(arrays, x, mu, E)
+        sigma = jnp.sqrt(s.mag_err ** 2 + sigma_model ** 2)
+        numpyro.sample("mag", dist.Normal(pred, sigma).mask(s.obs).to_event(1), obs=s.mag if observe else None)
+        with numpyro.handlers.mask(mask=s.has_plx):
+            numpyro.sample("parallax", dist.Normal(parallax_of_mu(mu), s.parallax_err),
+                           obs=s.parallax if observe else None)
+
+
+def _unflatten(z):
+    return {"x": z[..., :3], "mu": z[..., 3], "E": z[..., 4]}
+
+
+def log_density(z, s: StarInputs, arrays: ModelArrays, prior, sigma_model: float = SIGMA_MODEL):
+    """ln p(z | data) + const of one star at the unconstrained position z (5,) (numpyro's potential, negated)."""
+    return -potential_energy(star_model, (s, arrays, prior, sigma_model), {}, _unflatten(z))
+
+
+def constrain(z, s: StarInputs, arrays: ModelArrays, prior):
+    """(teff, logg, feh, mu, E) of unconstrained positions z (..., 5), shape (..., 5)."""
+    E_max = prior.E_max
+    theta = arrays.theta_med + arrays.theta_std * z[..., :3]
+    E = E_max * jax.nn.sigmoid(z[..., 4])
+    return jnp.concatenate([theta, z[..., 3:4], E[..., None]], axis=-1)
+
+
+def unconstrain(teff, logg, feh, mu, E, arrays: ModelArrays, prior):
+    """The inverse of :func:`constrain`: z (..., 5) from physical values (E clipped into (0, E_max))."""
+    theta = jnp.stack([teff, logg, feh], axis=-1)
+    x = (theta - arrays.theta_med) / arrays.theta_std
+    e = jnp.clip(jnp.asarray(E, jnp.float32) / prior.E_max, 1e-6, 1 - 1e-6)
+    return jnp.concatenate([x, jnp.asarray(mu, jnp.float32)[..., None], jnp.log(e / (1 - e))[..., None]], axis=-1)

@@ -1,0 +1,130 @@
+"""Per-star NUTS for many independent stars at once (blackjax kernels under ``jax.vmap``).
+
+Every (star, chain) lane has its own step size and its own dense inverse mass matrix.  A lane
+starts at its initial point z₀ with the inverse mass matrix Σ₀ from the initialization (a Laplace
+approximation at its mode), so warm-up only refines them:
+
+1. fast window (``fast_frac`` of the warm-up): dual-averaging step-size adaptation with Σ₀;
+2. slow window: step size still adapted; the draws' covariance S accumulated (Welford);
+   at its end Σ = (n S + k Σ₀)/(n + k) (k = ``prior_weight``: Σ₀ as k pseudo-draws) and the
+   dual averaging restarts from the current step size;
+3. final fast window: step size only; the sampling phase uses its dual-averaged step size.
+
+The log density is numpyro's potential of :func:`photoinfer.infer.model.star_model`, negated.
+One call of :func:`run_lanes` compiles once per lane count (callers pad to a fixed size).
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import blackjax
+import jax.numpy as jnp
+from blackjax.adaptation.base import get_filter_adapt_info_fn
+from blackjax.adaptation.step_size import dual_averaging_adaptation
+from blackjax.mcmc import nuts as bj_nuts
+
+from .model import SIGMA_MODEL, constrain, log_density
+
+__all__ = ["SamplerSettings", "run_lanes"]
+
+
+class SamplerSettings(NamedTuple):
+    """Static settings of the per-star NUTS (hashable: jit recompiles when they change)."""
+
+    num_warmup: int = 250
+    num_samples: int = 250
+    target_accept: float = 0.8
+    max_num_doublings: int = 8
+    fast_frac: float = 0.25
+    final_frac: float = 0.15
+    prior_weight: float = 20.0
+    initial_step_size: float = 0.5
+    sigma_model: float = SIGMA_MODEL
+    adaptation: str = "window"
+
+
+def _windows(st: SamplerSettings):
+    w1 = int(round(st.fast_frac * st.num_warmup))
+    w3 = int(round(st.final_frac * st.num_warmup))
+    return w1, st.num_warmup - w1 - w3, w3
+
+
+def _lane(key, z0, inv_mass0, s, arrays, prior, st: SamplerSettings):
+    """Warm-up and sampling of one (star, chain) lane; returns constrained draws and statistics."""
+    logdensity = partial(log_density, s=s, arrays=arrays, prior=prior, sigma_model=st.sigma_model)
+    k1, k2 = jax.random.split(key)
+    if st.adaptation == "window":
+        warm = blackjax.window_adaptation(blackjax.nuts, logdensity, is_mass_matrix_diagonal=False,
+                                          initial_inverse_mass_matrix=inv_mass0,
+                                          initial_step_size=st.initial_step_size,
+                                          target_acceptance_rate=st.target_accept,
+                                          adaptation_info_fn=get_filter_adapt_info_fn(),
+                                          max_num_doublings=st.max_num_doublings)
+        (state, params), _ = warm.run(k1, z0, num_steps=st.num_warmup)
+        step_size, inv_mass = params["step_size"], params["inverse_mass_matrix"]
+    else:
+        state, step_size, inv_mass = _short_warmup(k1, z0, inv_mass0, logdensity, st)
+    kernel = bj_nuts.build_kernel()
+
+    def sample(state, key):
+        state, info = kernel(key, state, logdensity, step_size, inv_mass, max_num_doublings=st.max_num_doublings)
+        stats = {"diverging": info.is_divergent, "n_steps": info.num_integration_steps,
+                 "accept_prob": info.acceptance_rate, "energy": info.energy, "lp": state.logdensity}
+        return state, (state.position, stats)
+
+    _, (zs, stats) = jax.lax.scan(sample, state, jax.random.split(k2, st.num_samples))
+    stats["step_size"] = jnp.full(st.num_samples, step_size)
+    return constrain(zs, s, arrays, prior), stats
+
+
+def _short_warmup(key, z0, inv_mass0, logdensity, st: SamplerSettings):
+    """fast (step size) → slow (step size + covariance, shrunk to Σ₀) → fast windows; see the module doc."""
+    kernel = bj_nuts.build_kernel()
+    da_init, da_update, da_final = dual_averaging_adaptation(st.target_accept)
+    w1, w2, w3 = _windows(st)
+
+    def adapt(carry, key):
+        state, da, inv_mass = carry
+        state, info = kernel(key, state, logdensity, jnp.exp(da.log_step_size), inv_mass,
+                             max_num_doublings=st.max_num_doublings)
+        da = da_update(da, jnp.where(jnp.isfinite(info.acceptance_rate), info.acceptance_rate, 0.0))
+        return (state, da, inv_mass), state.position
+
+    k1, k2, k3 = jax.random.split(key, 3)
+    state = bj_nuts.init(z0, logdensity)
+    da = da_init(st.initial_step_size)
+    (state, da, _), _ = jax.lax.scan(adapt, (state, da, inv_mass0), jax.random.split(k1, w1))
+    (state, da, _), zs = jax.lax.scan(adapt, (state, da, inv_mass0), jax.random.split(k2, w2))
+    zc = zs - zs.mean(axis=0)
+    S = zc.T @ zc / max(w2 - 1, 1)
+    inv_mass = (w2 * S + st.prior_weight * inv_mass0) / (w2 + st.prior_weight)
+    da = da_init(da_final(da))
+    (state, da, _), _ = jax.lax.scan(adapt, (state, da, inv_mass), jax.random.split(k3, w3))
+    return state, da_final(da), inv_mass
+
+
+@partial(jax.jit, static_argnames=("prior", "settings"))
+def run_lanes(keys, z0, inv_mass0, stars, arrays, prior, settings: SamplerSettings):
+    """Run NUTS on L independent lanes (a lane = one chain of one star).
+
+    Parameters
+    ----------
+    keys : (L, 2) PRNG keys
+    z0 : (L, 5) initial unconstrained positions
+    inv_mass0 : (L, 5, 5) initial dense inverse mass matrices
+    stars : StarInputs with leading axis L (the star of each lane)
+    arrays : ModelArrays
+    prior : InferencePrior (static)
+    settings : SamplerSettings (static)
+
+    Returns
+    -------
+    draws : (L, num_samples, 5) (teff, logg, feh, mu, E)
+    stats : dict of (L, num_samples) arrays: diverging, n_steps, accept_prob, energy, lp, step_size
+    """
+    return jax.vmap(_lane, in_axes=(0, 0, 0, 0, None, None, None))(keys, z0, inv_mass0, stars, arrays, prior,
+                                                                     settings)
+
+
