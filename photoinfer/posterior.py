@@ -156,8 +156,12 @@ def diagnostics(samples: dict) -> dict:
     return out
 
 
-def _fraction_outside(model, samples: dict, chunk: int = 256) -> np.ndarray:
-    """(N,) fraction of draws with ``model.validity.min_density(θ) < VALIDITY_THRESHOLD`` (NaN without a grid)."""
+def _fraction_outside(model, samples: dict, observed=None, chunk: int = 256) -> np.ndarray:
+    """(N,) fraction of draws outside the region of validity (NaN without a grid).
+
+    A draw is outside when the training density of map 0 (the training sample) or, given
+    ``observed`` (N, B), of any band the star has observed is below ``VALIDITY_THRESHOLD``.
+    """
     n = samples["teff"].shape[-1]
     if model is None or model.validity is None:
         return np.full(n, np.nan)
@@ -165,14 +169,18 @@ def _fraction_outside(model, samples: dict, chunk: int = 256) -> np.ndarray:
     out = np.full(n, np.nan)
     for s in range(0, n, chunk):
         t = theta[:, :, s:s + chunk]
-        dens = np.asarray(model.validity.min_density(np.nan_to_num(t)))
+        if observed is None:
+            maps = np.arange(model.validity.density.shape[0]) == 0
+        else:
+            maps = model.validity.band_maps(np.asarray(observed)[s:s + chunk])[None, None]
+        dens = np.asarray(model.validity.min_density(np.nan_to_num(t), maps))
         frac = np.mean(dens < VALIDITY_THRESHOLD, axis=(0, 1))
         out[s:s + chunk] = np.where(np.isfinite(t).all(axis=(0, 1, 3)), frac, np.nan)
     return out
 
 
 def summarize(result: FitResult, model=None, ess_threshold: float = 200.0, rhat_threshold: float = 1.01,
-              outside_fraction: float = 0.5) -> dict:
+              outside_fraction: float = 0.5, observed=None) -> dict:
     """The per-star summary table (columns :data:`~photoinfer.fitresult.SUMMARY_COLUMNS`), one row per star.
 
     Percentiles 16/50/84 of each parameter and of distance [pc]; ``rhat_max`` (max over the five
@@ -184,6 +192,7 @@ def summarize(result: FitResult, model=None, ess_threshold: float = 200.0, rhat_
     - ``OUTSIDE_VALIDITY``: more than ``outside_fraction`` of the draws outside the region of validity.
 
     Stars with :data:`~photoinfer.catalog.INFERENCE_UNUSABLE` flags (not fit) get NaN and their flags.
+    ``observed`` (N, B), the stars' observed bands, makes the validity test use each star's own bands.
     """
     n = len(result)
     flags = np.asarray(result.flags, np.int64).copy()
@@ -204,7 +213,7 @@ def summarize(result: FitResult, model=None, ess_threshold: float = 200.0, rhat_
     div = result.sample_stats.get("diverging")
     cols["n_divergent"] = (np.sum(np.asarray(div, bool), axis=(0, 1)).astype(np.int64) if div is not None
                            else np.zeros(n, np.int64))
-    cols["frac_outside_validity"] = _fraction_outside(model, params)
+    cols["frac_outside_validity"] = _fraction_outside(model, params, observed)
     failed = fitted & ~finite
     flags[failed] |= Flag.FIT_FAILED
     ok = fitted & finite

@@ -51,9 +51,33 @@ class ValidityGrid:
         out = [jax.scipy.ndimage.map_coordinates(d, coords, order=1, mode="constant", cval=0.0) for d in dens]
         return jnp.stack(out, axis=-1)
 
-    def min_density(self, theta):
-        """The smallest density over the maps, shape (...): the star's validity score."""
-        return jnp.min(self(theta), axis=-1)
+    def min_density(self, theta, maps=None):
+        """The smallest density over the maps in use, shape (...): the star's validity score.
+
+        Parameters
+        ----------
+        theta : array, shape (..., 3)
+        maps : bool array, shape (..., K) or (K,), optional
+            Which maps count (e.g. map 0, the training sample, and the maps of the bands a star
+            has observed); default all.  Maps not in use count as density 1.
+        """
+        dens = self(theta)
+        if maps is not None:
+            dens = jnp.where(jnp.asarray(maps, bool), dens, 1.0)
+        return jnp.min(dens, axis=-1)
+
+    def band_maps(self, observed) -> np.ndarray:
+        """The maps that judge a star with ``observed`` bands (…, B): map 0 and one per observed band.
+
+        The released grid and photoinfer's own have K = B maps: map 0 for the training sample
+        with a usable parallax (the reference magnitude), map b for colour b.
+        """
+        observed = np.asarray(observed, bool)
+        if observed.shape[-1] != self.density.shape[0]:
+            return np.ones(observed.shape[:-1] + (self.density.shape[0],), bool)
+        maps = observed.copy()
+        maps[..., 0] = True
+        return maps
 
 
 @dataclass(frozen=True)
