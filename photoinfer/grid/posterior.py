@@ -1,0 +1,363 @@
+"""The full grid posterior: parallax, Galactic prior and E prior applied exactly, by importance sampling in μ.
+
+At a grid point θ_g the photometric likelihood is a 2-D Gaussian in x = (μ, E) (engine, Eq. G2).
+Conditional on μ it is Gaussian in E with mean c(μ) = Ê + (C_μE/C_μμ)(μ − μ̂) and variance
+s² = C_EE − C_μE²/C_μμ, and neither the parallax nor the distance prior involves E.  So E is
+integrated analytically against its prior (flat on [0, E_max], or a Gaussian on E ≥ 0)::
+
+    ∫ e^{−χ²/2} p(E) dE = e^{−χ²_free/2 − (μ−μ̂)²/(2C_μμ)} √(2π s²) Z_E(μ)                    (P1)
+
+(Z_E: the prior-weighted Gaussian mass of E, :func:`~photoinfer.grid.engine.log_prior_E_conditional`),
+and only the 1-D integral over μ remains::
+
+    w_g = p(θ_g) ∫ (P1) · N(ϖ̂ | ϖ(μ), σ_ϖ²) · p(μ, [M/H]_g | l, b) dμ                          (P2)
+
+(P2) is estimated by importance sampling with S stratified draws per point from a Gaussian
+proposal q(μ): the photometric μ-marginal conditioned on the parallax linearized at the current
+mean (two Gauss–Newton steps), widened by ``inflate`` (default 1.5), moved to the E = 0 edge when
+the mean has E < 0.  Every draw carries its exact weight (P1)·N(ϖ̂|ϖ(μ))·p(μ, [M/H])·p(θ)/q(μ):
+nothing is linearized in the weights, so the estimate is unbiased, and the parallax likelihood
+stays exact at any S/N, negative parallaxes included.  Why importance sampling rather than a
+(μ, E) sub-grid: E needs no grid at all (P1), and a fixed μ sub-grid would have to resolve both the
+photometric width (down to 0.01 mag) and the parallax width at once, while a proposal centred by
+Gauss–Newton puts every draw where the integrand is.
+
+Resampling (systematic) the weighted (point, μ-draw) pairs, with E drawn from its conditional
+truncated Gaussian and θ spread uniformly over the point's grid cell, gives posterior draws.  The
+effective sample size is Kish's (Σw)²/Σw² over all weighted draws.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.scipy.special import logsumexp, ndtr, ndtri
+
+from ..fitresult import PARAMETERS, SUMMARY_COLUMNS, FitResult, distance_from_mu
+from .engine import (GridResult, StarArrays, ThetaGrid, approximate_log_weight, gauss_newton_parallax,
+                     initial_points, log_prior_E_conditional, log_prior_position, log_truncation, parallax_of_mu,
+                     make_theta_grid, position_prior_table, screen, solve_mu_E_direct, star_arrays, _pad_grid,
+                     _pad_rows)
+
+__all__ = ["GridSettings", "ImageBins", "GridFit", "grid_posterior", "grid_fit", "mu_E_images"]
+
+_LN_2PI = float(np.log(2.0 * np.pi))
+
+
+@dataclass(frozen=True)
+class GridSettings:
+    """Settings of the grid posterior.
+
+    keep : grid points kept per star after screening (the best by approximate weight)
+    delta : points with approximate ln w < max − delta are dropped
+    n_mu : importance draws in μ per kept point (stratified)
+    inflate : proposal width / Gauss–Newton posterior width in μ
+    n_draws : resampled posterior draws per star
+    sigma_model : model floor added in quadrature to every magnitude error [mag]
+    min_ess : stars with a Kish effective sample size below this get ``Flag.NOT_CONVERGED``
+    grid_chunk, star_chunk : memory bounds (see :func:`~photoinfer.grid.engine.screen`)
+    position_free : use the sky-averaged prior (ignore l, b)
+    """
+
+    keep: int = 2048
+    delta: float = 25.0
+    n_mu: int = 8
+    inflate: float = 1.5
+    n_draws: int = 1000
+    sigma_model: float = 0.02
+    min_ess: float = 50.0
+    grid_chunk: int = 4096
+    star_chunk: int = 32
+    position_free: bool = False
+
+
+class ImageBins(NamedTuple):
+    """The (μ, E) image grid (Bayestar's convention by default): bin edges are linspace(lo, hi, n + 1)."""
+
+    mu_lo: float = 4.0
+    mu_hi: float = 19.0
+    n_mu: int = 120
+    E_lo: float = 0.0
+    E_hi: float = 7.0
+    n_E: int = 700
+
+
+class _Chunk(NamedTuple):
+    draws: jnp.ndarray        # (n, D, 5)
+    draw_logw: jnp.ndarray    # (n, D) ln weight of the drawn pair
+    ess: jnp.ndarray          # (n,)
+    log_evidence: jnp.ndarray  # (n,)
+    point_logw: jnp.ndarray   # (n, K) ln mass per kept point (IS estimate), normalized
+    sol_mu: jnp.ndarray       # (n, K) posterior mean μ per point (IS)
+    sol_E: jnp.ndarray        # (n, K) posterior mean E per point (IS)
+    image: jnp.ndarray        # (n, nμ, nE) or (n, 0, 0)
+
+
+def _stratified_normal(key, n, S):
+    """(n, S) standard-normal quantiles of a randomly shifted stratified uniform grid (per star)."""
+    shift = jax.random.uniform(key, (n, 1))
+    u = (jnp.arange(S)[None, :] + shift) / S
+    return ndtri(jnp.clip(u, 1e-7, 1 - 1e-7))
+
+
+def _truncated_normal(u, mean, var, lo, hi):
+    """Inverse-CDF draw from N(mean, var) truncated to [lo, hi], stable in both tails."""
+    sd = jnp.sqrt(var)
+    a, b = (lo - mean) / sd, (hi - mean) / sd
+    # sample the side with the larger tail mass in its own tail coordinates
+    up = ndtri(jnp.clip(ndtr(a) + u * (ndtr(b) - ndtr(a)), 1e-30, 1 - 1e-7))
+    down = -ndtri(jnp.clip(ndtr(-a) - u * (ndtr(-a) - ndtr(-b)), 1e-30, 1 - 1e-7))
+    z = jnp.where(a > 0, down, up)
+    return jnp.clip(mean + sd * z, lo, hi)
+
+
+@partial(jax.jit, static_argnames=("prior", "n_mu", "n_draws", "bins", "inflate"))
+def _posterior_chunk(idx, M, R, lnp, theta, spacing, stars: StarArrays, table, key, prior, n_mu: int,
+                     n_draws: int, inflate: float, bins):
+    n, K = idx.shape
+    S = n_mu
+    Mk, Rk, lk, tk = M[idx], R[idx], lnp[idx], theta[idx]
+    pruned = ~jnp.isfinite(lk) | (idx < 0)
+    sol = solve_mu_E_direct(Mk, Rk, stars.mag, stars.weight)                       # (n, K)
+    ex = lambda a: a[:, None]  # noqa: E731
+    mu_p, E_p, vmu_p, cme_p, vE_p, _ = gauss_newton_parallax(sol.mu_free, sol.var_mu, sol.cov_muE, sol.var_E,
+                                                              sol.E_free, ex(stars.parallax), ex(stars.parallax_err))
+    centre = jnp.where(E_p < 0, mu_p - cme_p / vE_p * E_p, mu_p)
+    scale = inflate * jnp.sqrt(vmu_p)
+    k1, k2, k3, k4, k5 = jax.random.split(key, 5)
+    z = _stratified_normal(k1, n, S)[:, None, :]                                      # (n, 1, S)
+    mu = centre[..., None] + scale[..., None] * z                                    # (n, K, S)
+    ln_q = -0.5 * z * z - jnp.log(scale)[..., None] - 0.5 * _LN_2PI
+    # (P1): photometry with E integrated against its prior
+    vmu, cme, vE = sol.var_mu[..., None], sol.cov_muE[..., None], sol.var_E[..., None]
+    s2 = jnp.maximum(vE - cme * cme / vmu, 1e-12)
+    c = sol.E_free[..., None] + cme / vmu * (mu - sol.mu_free[..., None])
+    mean, var, lo, hi, ln_norm = log_prior_E_conditional(prior, stars.E0[:, None, None], stars.sigma_E0[:, None, None],
+                                                         c, s2)
+    ln_phot = (-0.5 * sol.chi2_free[..., None] - 0.5 * (mu - sol.mu_free[..., None]) ** 2 / vmu
+               + 0.5 * jnp.log(2 * np.pi * s2) + ln_norm + log_truncation(mean, var, lo, hi))
+    # parallax (exact) and the position prior
+    plx, plx_err = stars.parallax[:, None, None], stars.parallax_err[:, None, None]
+    ln_plx = jnp.where(jnp.isfinite(plx_err), -0.5 * ((plx - parallax_of_mu(mu)) / plx_err) ** 2, 0.0)
+    feh = jnp.broadcast_to(tk[..., 2:3], mu.shape)
+    ln_pos = (0.0 if prior is None else
+              log_prior_position(prior, table, feh, mu, stars.l[:, None, None], stars.b[:, None, None]))
+    lw = ln_phot + ln_plx + ln_pos + lk[..., None] - ln_q
+    lw = jnp.where(pruned[..., None] | ~jnp.isfinite(lw), -jnp.inf, lw)
+    flat = lw.reshape(n, K * S)
+    lz = logsumexp(flat, axis=1)                                                     # ln Σ w (∝ evidence · S)
+    wn = jnp.exp(flat - lz[:, None])
+    ess = 1.0 / jnp.sum(wn * wn, axis=1)
+    # per-point summaries (for initial_points)
+    point_lw = logsumexp(lw, axis=2) - lz[:, None]
+    wp = jnp.exp(lw - logsumexp(lw, axis=2, keepdims=True))
+    mu_mean = jnp.sum(jnp.where(jnp.isfinite(lw), wp * mu, 0.0), 2)
+    E_one = jnp.clip(mean, lo, hi)
+    E_mean = jnp.sum(jnp.where(jnp.isfinite(lw), wp * E_one, 0.0), 2)
+    # systematic resampling of the (point, draw) pairs
+    cdf = jnp.cumsum(wn, axis=1)
+    pos = (jnp.arange(n_draws)[None, :] + jax.random.uniform(k2, (n, 1))) / n_draws
+    pick = jnp.minimum(jax.vmap(jnp.searchsorted)(cdf, pos * cdf[:, -1:]), K * S - 1)   # (n, D)
+    take = lambda a: jnp.take_along_axis(jnp.broadcast_to(a, (n, K, S)).reshape(n, K * S), pick, 1)  # noqa: E731
+    mu_d = take(mu)
+    E_d = _truncated_normal(jax.random.uniform(k3, pick.shape), take(mean), take(var), take(jnp.broadcast_to(lo, mu.shape)),
+                            take(jnp.broadcast_to(hi, mu.shape)))
+    p = pick // S
+    th = jnp.take_along_axis(tk, p[..., None], 1)
+    th = th + (jax.random.uniform(k4, th.shape) - 0.5) * spacing
+    draws = jnp.concatenate([th, mu_d[..., None], E_d[..., None]], -1)
+    if bins is None:
+        image = jnp.zeros((n, 0, 0), jnp.float32)
+    else:
+        E_all = _truncated_normal(jax.random.uniform(k5, mu.shape), mean, var, jnp.broadcast_to(lo, mu.shape),
+                                  jnp.broadcast_to(hi, mu.shape)).reshape(n, K * S)
+        image = _histogram(mu.reshape(n, K * S), E_all, wn, bins)
+    return _Chunk(draws, jnp.take_along_axis(flat, pick, 1), ess, lz - jnp.log(float(S)), point_lw, mu_mean,
+                  E_mean, image)
+
+
+def _histogram(mu, E, w, bins: ImageBins):
+    """(n, nμ, nE) weighted histogram, normalized per star to sum 1 (0 when no weight falls inside)."""
+    i = jnp.floor((mu - bins.mu_lo) / (bins.mu_hi - bins.mu_lo) * bins.n_mu).astype(jnp.int32)
+    j = jnp.floor((E - bins.E_lo) / (bins.E_hi - bins.E_lo) * bins.n_E).astype(jnp.int32)
+    j = jnp.where(E == bins.E_hi, bins.n_E - 1, j)
+    inside = (i >= 0) & (i < bins.n_mu) & (j >= 0) & (j < bins.n_E)
+    flat = jnp.where(inside, i * bins.n_E + j, 0)
+    w = jnp.where(inside, w, 0.0)
+    img = jax.vmap(lambda f, ww: jnp.zeros(bins.n_mu * bins.n_E, jnp.float32).at[f].add(ww))(flat, w)
+    tot = jnp.sum(img, axis=1, keepdims=True)
+    img = jnp.where(tot > 0, img / jnp.where(tot > 0, tot, 1.0), 0.0)
+    return img.reshape(-1, bins.n_mu, bins.n_E)
+
+
+@dataclass
+class GridFit:
+    """What :func:`grid_posterior` returns.
+
+    fit : FitResult (method "grid"), one row per input star
+    images : (N, nμ, nE) float32 (μ, E) posterior images normalized per star, or None
+    initial : InitialPoints for NUTS chains, or None
+    ess : (N,) Kish effective number of weighted grid samples (NaN for stars not fit)
+    log_evidence : (N,) ln p(data) up to a per-star constant (NaN for stars not fit)
+    n_within : (N,) screened points within ``delta`` of the best (== keep: the kept set may be truncated)
+    """
+
+    fit: FitResult
+    images: np.ndarray | None
+    initial: object
+    ess: np.ndarray
+    log_evidence: np.ndarray
+    n_within: np.ndarray
+
+
+def grid_posterior(grid: ThetaGrid, stars: StarArrays, prior=None, settings: GridSettings = GridSettings(),
+                   key=None, images: ImageBins | None = None, n_chains: int = 0, source_id=None, flags=None,
+                   table=None, progress=None) -> GridFit:
+    """Grid posterior of N stars, Eqs. (P1)–(P2), as resampled draws (and images, NUTS seeds).
+
+    Parameters
+    ----------
+    grid : ThetaGrid
+    stars : StarArrays (see :func:`~photoinfer.grid.engine.star_arrays`)
+    prior : GalacticPrior or None
+        None: flat in μ, flat E on [0, 7], no θ prior beyond ``grid.ln_prior``.
+    settings : GridSettings
+    key : jax PRNG key (default PRNGKey(0))
+    images : ImageBins or None
+        Also return per-star (μ, E) images on these bins.
+    n_chains : int
+        > 0: also return :class:`~photoinfer.grid.engine.InitialPoints` for that many NUTS chains.
+    source_id : (N,) int64, optional
+    flags : (N,) int64, optional
+        Input flags; stars with ``INFERENCE_UNUSABLE`` bits are not fit (NaN draws) but kept.
+    table : dict, optional
+        Position-prior table (:func:`~photoinfer.grid.engine.position_prior_table`) to reuse.
+    progress : callable(done, total), optional
+
+    Returns
+    -------
+    GridFit
+    """
+    from ..catalog import INFERENCE_UNUSABLE, Flag
+    s = settings
+    n = len(stars.mag)
+    key = jax.random.PRNGKey(0) if key is None else key
+    source_id = np.arange(n, dtype=np.int64) if source_id is None else np.asarray(source_id, np.int64)
+    flags = np.zeros(n, np.int64) if flags is None else np.asarray(flags, np.int64).copy()
+    n_obs = np.asarray(stars.weight > 0).sum(1)
+    flags[n_obs < 2] |= int(Flag.TOO_FEW_BANDS)
+    fit_idx = np.flatnonzero((flags & int(INFERENCE_UNUSABLE)) == 0)
+    if prior is not None and s.position_free and table is None:
+        table = position_prior_table(prior, grid.feh_axis)
+    tab = None if (prior is None or not s.position_free) else {
+        k: (jnp.asarray(v) if k == "table" else v) for k, v in table.items()}
+    keep = min(s.keep, len(grid))
+    M, R, lnp, theta = (jnp.asarray(a) for a in _pad_grid(grid, min(s.grid_chunk, len(grid))))
+    spacing = jnp.asarray(grid.spacing, jnp.float32)
+    D = s.n_draws
+    draws = np.full((n, D, 5), np.nan, np.float32)
+    draw_lw = np.full((n, D), np.nan, np.float32)
+    ess = np.full(n, np.nan)
+    lnz = np.full(n, np.nan)
+    n_within = np.zeros(n, np.int64)
+    imgs = None if images is None else np.zeros((n, images.n_mu, images.n_E), np.float32)
+    inits = []
+    for c0 in range(0, len(fit_idx), s.star_chunk):
+        rows = fit_idx[c0:c0 + s.star_chunk]
+        part = StarArrays(*[_pad_rows(np.asarray(a)[rows], s.star_chunk) for a in stars])
+        scr = screen(grid, part, prior, keep=keep, delta=s.delta, grid_chunk=s.grid_chunk, star_chunk=s.star_chunk,
+                     position_free=s.position_free, table=table)
+        key, sub = jax.random.split(key)
+        out = _posterior_chunk(jnp.asarray(scr.index), M, R, lnp, theta, spacing, part, tab, sub, prior, s.n_mu, D,
+                               float(s.inflate), images)
+        k = len(rows)
+        draws[rows] = np.asarray(out.draws)[:k]
+        draw_lw[rows] = np.asarray(out.draw_logw)[:k]
+        ess[rows] = np.asarray(out.ess)[:k]
+        lnz[rows] = np.asarray(out.log_evidence)[:k]
+        n_within[rows] = scr.n_within[:k]
+        if imgs is not None:
+            imgs[rows] = np.asarray(out.image)[:k]
+        if n_chains > 0:
+            pts = scr._replace(log_weight=np.asarray(out.point_logw), mu=np.asarray(out.sol_mu),
+                               E=np.asarray(out.sol_E))
+            ip = initial_points(pts, n_chains, spacing=grid.spacing)
+            inits.append((rows, jax.tree_util.tree_map(lambda a: a[:k], ip)))
+        if progress is not None:
+            progress(min(c0 + s.star_chunk, len(fit_idx)), len(fit_idx))
+    bad = np.zeros(n, bool)
+    bad[fit_idx] = ~np.all(np.isfinite(draws[fit_idx]), axis=(1, 2)) | ~np.isfinite(ess[fit_idx])
+    flags[bad] |= int(Flag.FIT_FAILED)
+    draws[bad] = np.nan
+    flags[np.isfinite(ess) & (ess < s.min_ess)] |= int(Flag.NOT_CONVERGED)
+    initial = None
+    if n_chains > 0:
+        from .engine import InitialPoints
+        C = n_chains
+        ip = InitialPoints(np.full((n, C, 5), np.nan, np.float32), np.full((n, C, 5, 5), np.nan, np.float32),
+                           np.zeros((n, C), np.int32), np.zeros((n, C), np.float32), np.zeros(n, np.int32))
+        for rows, part in inits:
+            for full, p in zip(ip, part):
+                full[rows] = p
+        initial = ip
+    fit = _to_fitresult(draws, draw_lw, ess, flags, source_id, grid, s)
+    return GridFit(fit, imgs, initial, ess, lnz, n_within)
+
+
+def _to_fitresult(draws, draw_lw, ess, flags, source_id, grid, s: GridSettings) -> FitResult:
+    """Resampled draws → FitResult (one chain; ess in ess_bulk_min / ess_tail_min; rhat NaN)."""
+    n = len(source_id)
+    names = list(PARAMETERS)
+    samples = {p: draws[None, :, :, i].transpose(0, 2, 1).copy() for i, p in enumerate(names)}   # (1, D, N)
+    summary = {"source_id": source_id, "flags": flags, "method": np.full(n, "grid", dtype=object)}
+    with np.errstate(invalid="ignore"), __import__("warnings").catch_warnings():
+        __import__("warnings").simplefilter("ignore", RuntimeWarning)
+        for i, p in enumerate([*names, "distance"]):
+            x = distance_from_mu(draws[..., 3]) if p == "distance" else draws[..., i]
+            q = np.nanpercentile(x, [16, 50, 84], axis=1) if n else np.zeros((3, 0))
+            for j, pc in enumerate(("p16", "p50", "p84")):
+                summary[f"{p}_{pc}"] = q[j]
+    summary["rhat_max"] = np.full(n, np.nan)
+    summary["ess_bulk_min"] = ess.copy()
+    summary["ess_tail_min"] = ess.copy()
+    summary["n_divergent"] = np.zeros(n, np.int64)
+    summary["frac_outside_validity"] = np.where(np.isfinite(ess), 0.0, np.nan)
+    summary = {c: summary[c] for c in SUMMARY_COLUMNS}
+    stats = {"log_weight": draw_lw[None].transpose(0, 2, 1).copy()}
+    attrs = {"grid_points": len(grid), "grid_spacing": list(map(float, grid.spacing)), **s.__dict__}
+    return FitResult(source_id=source_id, samples=samples, sample_stats=stats, summary=summary, flags=flags,
+                     method="grid", attrs=attrs)
+
+
+def grid_fit(model, catalog, prior=None, spacing="fine", settings: GridSettings = GridSettings(), seed: int = 0,
+             images: ImageBins | None = None, n_chains: int = 0, grid: ThetaGrid | None = None,
+             progress=None) -> GridFit:
+    """Grid posterior of every star of a :class:`~photoinfer.catalog.Catalog` (convenience wrapper).
+
+    Builds the θ grid (``spacing``) unless given, packs the catalog (magnitudes, errors, parallax,
+    l, b, E0, σ_E0) and calls :func:`grid_posterior`.
+    """
+    grid = make_theta_grid(model, spacing) if grid is None else grid
+    stars = star_arrays(catalog.mag, catalog.mag_err, catalog.parallax, catalog.parallax_err, catalog.l, catalog.b,
+                        catalog.E0, catalog.sigma_E0, sigma_model=settings.sigma_model)
+    if not settings.position_free and not (np.all(np.isfinite(catalog.l)) and np.all(np.isfinite(catalog.b))):
+        raise ValueError(f"{catalog.name}: some stars have no (l, b); use the position-free prior "
+                         f"(e.g. row {int(np.flatnonzero(~np.isfinite(catalog.l + catalog.b))[0])})")
+    return grid_posterior(grid, stars, prior, settings, jax.random.PRNGKey(seed), images, n_chains,
+                          catalog.source_id, catalog.flags, progress=progress)
+
+
+def mu_E_images(grid: ThetaGrid, stars: StarArrays, prior=None, bins: ImageBins = ImageBins(),
+                settings: GridSettings = GridSettings(), key=None) -> np.ndarray:
+    """Per-star (μ, E) posterior images from the weighted grid, shape (N, nμ, nE) float32.
+
+    Each image is the posterior mass in each (μ, E) bin (bin edges ``linspace(lo, hi, n + 1)``),
+    normalized to sum 1 per star (0 everywhere for a star that is not fit or whose posterior lies
+    wholly outside the bins).  Built from every weighted (point, μ-draw) pair with one exact draw
+    of E from its conditional each (keep × n_mu weighted samples per star).
+    """
+    return grid_posterior(grid, stars, prior, settings, key, images=bins).images
