@@ -33,7 +33,7 @@ from .pixels import NO_PIXEL, Unit, batch_seed, nside_to_order, pixel_name, plan
 from .sightline import DEFAULT_GRID, DEFAULT_SMOOTH, ImageGrid, images_from_draws, median_profile, quantize
 
 __all__ = ["PipelineConfig", "RunReport", "run_pipeline", "run_unit", "model_hash", "input_hash",
-           "read_summaries", "take_result", "concat_results", "pixel_images"]
+           "read_summaries", "take_result", "concat_results", "pixel_images", "grid_fit_fn"]
 
 log = logging.getLogger(__name__)
 
@@ -134,9 +134,12 @@ def take_result(r: FitResult, idx) -> FitResult:
     def per_star(d):
         return {k: (np.asarray(v)[..., idx] if np.ndim(v) and np.shape(v)[-1] == n else v) for k, v in d.items()}
     summary = {k: np.asarray(v)[idx] for k, v in r.summary.items()}
+    attrs = dict(r.attrs)
+    if "mu_E_images" in attrs:
+        attrs["mu_E_images"] = (np.asarray(attrs["mu_E_images"][0])[idx], attrs["mu_E_images"][1])
     return replace(r, source_id=np.asarray(r.source_id)[idx], samples=per_star(r.samples),
                    sample_stats=per_star(r.sample_stats), summary=summary, flags=np.asarray(r.flags)[idx],
-                   attrs=dict(r.attrs))
+                   attrs=attrs)
 
 
 def concat_results(parts: list[FitResult]) -> FitResult:
@@ -146,11 +149,56 @@ def concat_results(parts: list[FitResult]) -> FitResult:
     cat = lambda key, dicts: {k: np.concatenate([np.asarray(d[k]) for d in dicts], axis=-1)  # noqa: E731
                               for k in dicts[0]}
     first = parts[0]
+    attrs = dict(first.attrs)
+    if "mu_E_images" in attrs:
+        attrs["mu_E_images"] = (np.concatenate([p.attrs["mu_E_images"][0] for p in parts]), attrs["mu_E_images"][1])
     return replace(first, source_id=np.concatenate([p.source_id for p in parts]),
                    samples=cat("samples", [p.samples for p in parts]),
                    sample_stats=cat("sample_stats", [p.sample_stats for p in parts]),
                    summary={k: np.concatenate([np.asarray(p.summary[k]) for p in parts]) for k in first.summary},
-                   flags=np.concatenate([p.flags for p in parts]), attrs=dict(first.attrs))
+                   flags=np.concatenate([p.flags for p in parts]), attrs=attrs)
+
+
+# ---------------------------------------------------------------------- fit functions
+_GRID_CACHE: dict = {}
+
+
+def grid_fit_fn(model, catalog, *, seed: int, spacing: str = "fine", prior: str = "bayestar", dust: str = "flat",
+                image_grid: ImageGrid | None = DEFAULT_GRID, **grid_settings) -> FitResult:
+    """The grid method (:func:`photoinfer.grid.posterior.grid_fit`) as a pipeline ``fit_fn``.
+
+    Builds the θ grid and the prior once per process and model.  Stars without (l, b) use the
+    position-free prior (the pipeline never mixes them with positioned stars in a batch).  With
+    ``image_grid``, the grid's own (μ, E) images (mass per bin, from every weighted grid sample)
+    are returned as densities in ``attrs["mu_E_images"] = (images, image_grid)``.
+
+    Parameters
+    ----------
+    spacing : θ grid preset ("fine", "coarse"); prior : Galactic parameter set or "none" (flat);
+    dust : E prior ("flat", "gaussian", "map"); grid_settings : fields of
+    :class:`photoinfer.grid.posterior.GridSettings` (keep, n_mu, n_draws, ...)
+    """
+    from .grid import make_theta_grid
+    from .grid.posterior import GridSettings, ImageBins, grid_fit
+    key = (id(model), spacing, prior, dust)
+    if key not in _GRID_CACHE:
+        from .priors import make_prior
+        _GRID_CACHE.clear()
+        _GRID_CACHE[key] = (model, make_theta_grid(model, spacing),
+                            None if prior == "none" else make_prior(prior, dust=dust))
+    _, theta_grid, gal_prior = _GRID_CACHE[key]
+    no_pos = ~(np.isfinite(catalog.l) & np.isfinite(catalog.b))
+    settings = GridSettings(**grid_settings, position_free=bool(no_pos.any()) and gal_prior is not None)
+    bins = None if image_grid is None else ImageBins(*image_grid.to_dict().values())
+    gf = grid_fit(model, catalog, gal_prior, settings=settings, seed=seed, images=bins, grid=theta_grid)
+    res = gf.fit
+    if bins is not None:
+        res.attrs["mu_E_images"] = (gf.images / np.float32(image_grid.d_mu * image_grid.d_E), image_grid)
+    return res
+
+
+#: The pipeline passes ``image_grid=config.grid`` to fit functions with this attribute.
+grid_fit_fn.wants_image_grid = True
 
 
 # ---------------------------------------------------------------------- images
@@ -163,14 +211,20 @@ def pixel_images(result: FitResult, grid: ImageGrid, smooth) -> tuple[np.ndarray
     Gaussian smoothing of ``smooth`` bins (:func:`photoinfer.sightline.images_from_draws`).
     """
     given = result.attrs.get("mu_E_images")
-    if given is not None and given[1] == grid:
-        images = np.asarray(given[0], np.float32)
-        mass = images.sum(axis=(1, 2)) * grid.d_mu * grid.d_E
-        return images, np.clip(1.0 - mass, 0.0, 1.0), "grid"
     mu = np.asarray(result.samples["mu"]).reshape(-1, len(result))
     E = np.asarray(result.samples["E"]).reshape(-1, len(result))
+    if given is not None and given[1] == grid:
+        frac = _frac_outside(mu, E, grid)
+        return np.asarray(given[0], np.float32), frac, result.method
     images, frac = images_from_draws(mu, E, grid, smooth)
     return images, frac, f"{result.method}-histogram"
+
+
+def _frac_outside(mu, E, grid: ImageGrid) -> np.ndarray:
+    finite = np.isfinite(mu) & np.isfinite(E)
+    inside = finite & (mu >= grid.mu_min) & (mu < grid.mu_max) & (E >= grid.E_min) & (E <= grid.E_max)
+    n = finite.sum(axis=0)
+    return np.where(n > 0, 1.0 - inside.sum(axis=0) / np.maximum(n, 1), 1.0)
 
 
 # ---------------------------------------------------------------------- one pixel's products
@@ -250,7 +304,6 @@ def run_unit(unit: Unit, source, model, fit_fn, config: PipelineConfig, out, mod
     """
     t0 = time.perf_counter()
     cat, pix = source.read_pixels(unit.pixels, config.nside)
-    start = {}
     rows = {}
     for p in unit.pixels:
         r = np.flatnonzero(pix == p)
@@ -268,6 +321,9 @@ def run_unit(unit: Unit, source, model, fit_fn, config: PipelineConfig, out, mod
         if len(rows[p]) != expected:
             raise RuntimeError(f"pixel {p}: the source gave {len(rows[p])} stars, the plan expects {expected} "
                                f"(did the catalog change during the run?)")
+    kwargs = dict(config.fit_settings)
+    if getattr(fit_fn, "wants_image_grid", False):     # the method makes (μ, E) images itself
+        kwargs.setdefault("image_grid", config.grid)
     parts: dict[int, list] = {p: [] for p in todo}
     seeds: dict[int, list] = {p: [] for p in todo}
     t_fit = time.perf_counter()
@@ -280,7 +336,7 @@ def run_unit(unit: Unit, source, model, fit_fn, config: PipelineConfig, out, mod
         if n < config.batch_size:
             sub.source_id[n:] = -1 - np.arange(config.batch_size - n)   # unique ids for the padding
         s = batch_seed(config.seed, batch[0])
-        res = fit_fn(model, sub, seed=s, **config.fit_settings)
+        res = fit_fn(model, sub, seed=s, **kwargs)
         if len(res) != config.batch_size or not np.array_equal(np.asarray(res.source_id)[:n], cat.source_id[idx]):
             raise RuntimeError(f"{unit.key}: fit function returned {len(res)} stars / other source_ids than the "
                                f"{config.batch_size} it was given")

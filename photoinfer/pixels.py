@@ -8,7 +8,7 @@ they are fit like any other pixel (with the position-free prior) and never dropp
 Packing (:func:`plan_units`).  A fit call always receives exactly ``batch_size`` stars, so one
 compilation serves every call.  A pixel with n stars gives ``n // batch_size`` full batches of its
 own; the remainders (< batch_size stars each) are packed whole, in pixel order, into shared
-batches (next fit: a remainder that does not fit in the open batch closes it).  A batch is a
+batches (except the stars without position, pixel −1, which never share a batch) (next fit: a remainder that does not fit in the open batch closes it).  A batch is a
 tuple of :class:`Segment` (pixel, start, stop): the star index ranges inside each pixel, so the
 outputs of pixels sharing a batch are never mixed.  Only the last shared batch of a run is
 partly empty; the fit call pads it.
@@ -158,6 +158,9 @@ def plan_units(counts: dict, batch_size: int) -> list[Unit]:
         full = tuple((Segment(p, i * batch_size, (i + 1) * batch_size),) for i in range(n_full))
         if r == 0:                      # a pixel of whole batches is a unit of its own
             units.append(Unit(pixels=(p,), batches=full))
+            continue
+        if p == NO_PIXEL:               # stars without position never share a batch (position-free prior)
+            units.append(Unit(pixels=(p,), batches=full + ((Segment(p, n_full * batch_size, n),),)))
             continue
         if fill + r > batch_size:
             close()
