@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 __all__ = ["ImageGrid", "DEFAULT_GRID", "DEFAULT_SMOOTH", "images_from_draws", "smooth_images", "quantize",
-           "dequantize", "stack_images", "median_profile"]
+           "dequantize", "stack_images", "median_profile", "locate_step"]
 
 #: Default Gaussian smoothing of NUTS histograms, in bins (σ_μ, σ_E).
 DEFAULT_SMOOTH = (1.0, 2.0)
@@ -199,3 +199,28 @@ def median_profile(stack: np.ndarray, grid: ImageGrid = DEFAULT_GRID, min_stars:
         frac = (half - below) / stack[k, j] if stack[k, j] > 0 else 0.5
         out[k] = edges[j] + frac * grid.d_E
     return out
+
+
+def locate_step(profile: np.ndarray, stack: np.ndarray, grid: ImageGrid = DEFAULT_GRID) -> tuple[float, float, float]:
+    """Least-squares single step E(μ) = E_near (μ < μ_s), E_far (μ >= μ_s) through a median profile.
+
+    Each finite column of ``profile`` is weighted by the stars' probability in it (``stack``
+    summed over E); μ_s runs over the bin edges.  A quick look at a dust screen, not a dust map.
+
+    Returns
+    -------
+    (mu_s [mag], E_near [mag], E_far [mag])
+    """
+    w = np.asarray(stack, np.float64).sum(axis=1)
+    ok = np.isfinite(profile) & (w > 0)
+    x, y, w = grid.mu_centers[ok], np.asarray(profile)[ok], w[ok]
+    best = (np.inf, np.nan, np.nan, np.nan)
+    for k in range(1, len(x)):
+        lo, hi = slice(0, k), slice(k, None)
+        a, b = np.average(y[lo], weights=w[lo]), np.average(y[hi], weights=w[hi])
+        cost = np.sum(w[lo] * (y[lo] - a) ** 2) + np.sum(w[hi] * (y[hi] - b) ** 2)
+        if cost < best[0]:
+            edge = grid.mu_edges[np.searchsorted(grid.mu_centers, x[k])]
+            best = (cost, float(0.5 * (x[k - 1] + x[k])) if x[k] - x[k - 1] > 1.5 * grid.d_mu else float(edge),
+                    float(a), float(b))
+    return best[1], best[2], best[3]
