@@ -105,7 +105,7 @@ def partition_catalog(path: str | os.PathLike, out: str | os.PathLike, nside: in
     order = nside_to_order(nside)
     if out.exists():
         if not overwrite:
-            raise FileExistsError(f"{out} exists (use overwrite=True / --overwrite)")
+            raise ValueError(f"{out} exists (use overwrite=True / --overwrite)")
         shutil.rmtree(out)
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
