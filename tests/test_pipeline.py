@@ -114,7 +114,7 @@ def test_resume_skips_finished_and_redoes_changed(cat, reference, tmp_path):
     assert r5.pixels_skipped == 0
 
 
-def _kill_restart(cat_path, out, kills, rng, delay=0.05, extra=()):
+def _kill_restart(cat_path, out, kills, rng, delay=0.05, extra=(), max_wait=1.0):
     """Start the run, SIGKILL it at a random moment after its first finished pixel, ``kills`` times;
     then run to the end.  Returns the number of finished pixels seen after each kill."""
     cmd = [sys.executable, str(HERE / "pipeline_runner.py"), str(cat_path), str(out), "--nside", str(NSIDE),
@@ -127,7 +127,7 @@ def _kill_restart(cat_path, out, kills, rng, delay=0.05, extra=()):
         t0 = time.time()
         while not list(out.glob(f"nside{NSIDE}/*/{pp.MANIFEST}")) and time.time() - t0 < 120 and p.poll() is None:
             time.sleep(0.05)
-        time.sleep(rng.uniform(0.0, 1.0))
+        time.sleep(rng.uniform(0.0, max_wait))
         p.send_signal(signal.SIGKILL)
         p.wait()
         finished.append(len(list(out.glob(f"nside{NSIDE}/*/{pp.MANIFEST}"))))
@@ -192,7 +192,7 @@ def test_kill_and_restart_20000(tmp_path, rng):
     t_ref = time.time() - t0
     out = tmp_path / "out"
     t0 = time.time()
-    finished = _kill_restart(path, out, 2, rng, extra=("--batch-size", "256"))
+    finished = _kill_restart(path, out, 2, rng, extra=("--batch-size", "256"), max_wait=60.0)
     t_kill = time.time() - t0
     cols, ref_cols = read_summaries(out, NSIDE), read_summaries(ref, NSIDE)
     print(f"\n20k kill test: uninterrupted {t_ref:.1f} s; killed twice (pixels finished at the kills: {finished}) "
