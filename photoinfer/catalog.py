@@ -35,6 +35,7 @@ class Flag(enum.IntFlag):
     OUTSIDE_VALIDITY = 512   #: (inference) posterior mostly outside the model's region of validity
     NOT_CONVERGED = 1024     #: (inference) r̂ or ESS below threshold
     FIT_FAILED = 2048        #: (inference/evaluation) non-finite result
+    NO_POSITION = 4096       #: (pixel pipeline) no finite (l, b): in pixel -1, fit with the position-free prior
 
     @classmethod
     def describe(cls, value: int) -> str:
