@@ -56,7 +56,7 @@ def main():
     if a.method == "grid":
         fit, settings = grid_fit_fn, {"spacing": a.spacing, "n_draws": a.n_draws, "keep": a.keep}
     else:
-        from photoinfer.infer import fit_catalog as fit
+        from photoinfer.infer.fit import fit_catalog as fit
         settings = {"num_warmup": a.num_warmup, "num_samples": a.num_samples, "num_chains": a.num_chains}
     config = PipelineConfig(nside=a.nside, batch_size=a.batch_size, seed=1, method=a.method, fit_settings=settings,
                             write_samples=a.samples, quicklook=True)

@@ -383,6 +383,7 @@ def run_pipeline(model, source, out, fit_fn, config: PipelineConfig, *, pixels=N
     workers : number of Dask workers (processes) or threads
     retries : times Dask resubmits a unit whose worker died
     merge : after the run, write ``OUT/nside{N}/summary.parquet`` with every finished pixel's rows
+    progress : show a progress bar (stars in finished units) on stderr
 
     Returns
     -------
@@ -411,11 +412,15 @@ def run_pipeline(model, source, out, fit_fn, config: PipelineConfig, *, pixels=N
                    "pixel_counts": {str(k): v for k, v in sorted(counts.items())}},
                   out / f"nside{config.nside}" / "run.json")
     args = (src, model, fit_fn, config, str(out), mod_hash, set_hash)
-    for rec in _execute(units, args, scheduler, workers, retries, progress):
-        report.units.append(rec)
-        report.pixels_done += len(rec["done"])
-        report.pixels_skipped += len(rec["skipped"])
-        report.stars_fit += rec["stars_fit"]
+    from tqdm import tqdm
+    sizes = {u.key: u.n_stars for u in units}
+    with tqdm(total=report.n_stars, unit="star", disable=not progress) as bar:
+        for rec in _execute(units, args, scheduler, workers, retries):
+            report.units.append(rec)
+            report.pixels_done += len(rec["done"])
+            report.pixels_skipped += len(rec["skipped"])
+            report.stars_fit += rec["stars_fit"]
+            bar.update(sizes[rec["unit"]])
     if merge:
         cols = read_summaries(out, config.nside)
         if cols is not None:
@@ -427,7 +432,7 @@ def run_pipeline(model, source, out, fit_fn, config: PipelineConfig, *, pixels=N
     return report
 
 
-def _execute(units, args, scheduler, workers, retries, progress):
+def _execute(units, args, scheduler, workers, retries):
     """Run the units serially or on Dask; yields each unit's record as it finishes."""
     if (scheduler in (None, "serial", "none")) and workers <= 1:
         for u in units:

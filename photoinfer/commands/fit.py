@@ -1,6 +1,8 @@
 """``photoinfer fit``: posteriors of (Teff, logg, [M/H], μ, E) for photometry-only stars."""
 from __future__ import annotations
 
+from .pipeline_options import PIXELS_DESCRIPTION, add_pixel_arguments
+
 HELP = "sample each star's posterior of Teff, logg, [M/H], distance modulus and reddening from its photometry"
 DESCRIPTION = """\
 Fit every star of a catalog with the stellar model: the posterior of (Teff, logg, [M/H],
@@ -22,7 +24,8 @@ examples:
   photoinfer fit --catalog stars.parquet --out fits/ --prior brutus --no-parallax
 read the results:
   python -c "import arviz as az; print(az.from_netcdf('fits/posterior.nc'))"
-"""
+
+""" + PIXELS_DESCRIPTION
 
 
 def add_arguments(p) -> None:
@@ -31,7 +34,8 @@ def add_arguments(p) -> None:
     p.add_argument("--catalog", required=True, metavar="PATH",
                    help="input catalog (.parquet/.fits/.csv with the documented columns, or the released .h5 sample)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
-    p.add_argument("--method", choices=("nuts",), default="nuts", help="fitting method (default: nuts)")
+    p.add_argument("--method", choices=("nuts", "grid"), default="nuts",
+                   help="fitting method (default: nuts; grid: only with --nside in this build)")
     p.add_argument("--num-warmup", type=int, default=300, metavar="N", help="warm-up steps per chain (default 300)")
     p.add_argument("--num-samples", type=int, default=250, metavar="N", help="draws kept per chain (default 250)")
     p.add_argument("--num-chains", type=int, default=4, metavar="N", help="chains per star (default 4)")
@@ -42,9 +46,11 @@ def add_arguments(p) -> None:
     p.add_argument("--e-max", type=float, default=None, help="upper bound of E (default 7)")
     p.add_argument("--no-parallax", action="store_true", help="ignore the catalog's parallaxes")
     p.add_argument("--no-position", action="store_true", help="ignore l, b: position-free Galactic prior")
-    p.add_argument("--batch-size", type=int, default=25, metavar="N", help="stars sampled together (default 25)")
+    p.add_argument("--batch-size", type=int, default=None, metavar="N",
+                   help="stars sampled together (default 25; grid with --nside: 256)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--no-posterior", action="store_true", help="write only the summary (no posterior.nc)")
+    add_pixel_arguments(p)
 
 
 def run(args) -> int:
@@ -59,9 +65,12 @@ def run(args) -> int:
     from ..posterior import save_inference_data, to_inference_data, write_summary
     from . import load_model_arg, log
     for name in ("num_warmup", "num_samples", "num_chains", "batch_size"):
-        if getattr(args, name) < 1:
+        if (getattr(args, name) or 1) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
     model = load_model_arg(args)
+    if args.nside is not None:                     # the HEALPix pixel pipeline
+        from .pipeline_options import run_pixels
+        return run_pixels(args, model)
     cat = read_catalog(args.catalog, bands=model.bands)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -75,7 +84,7 @@ def run(args) -> int:
 
     res = fit_catalog(model, cat, prior=args.prior, method=args.method, num_warmup=args.num_warmup,
                       num_samples=args.num_samples, num_chains=args.num_chains, seed=args.seed,
-                      batch_size=args.batch_size, use_parallax=not args.no_parallax,
+                      batch_size=args.batch_size or 25, use_parallax=not args.no_parallax,
                       use_position=not args.no_position, dust=args.dust, E_max=args.e_max, callback=progress)
     bar.close()
     write_summary(res.summary, out / "summary.parquet")

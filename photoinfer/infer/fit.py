@@ -102,7 +102,7 @@ def fit_catalog(model, catalog, *, prior: str | InferencePrior = "bayestar", met
     C, S = int(num_chains), int(num_samples)
     draws = np.full((n, C, S, len(PARAMETERS)), np.nan, np.float32)
     stats = {k: np.zeros((n, C, S), np.float32) for k in _STATS}
-    size = max(1, min(int(batch_size), len(run)))
+    size = max(1, min(int(batch_size), n))     # not len(run): one compilation whatever the flags
     t0 = time.perf_counter()
     for start in range(0, len(run), size):
         idx = run[start:start + size]
