@@ -102,9 +102,10 @@ def make_theta_grid(model, spacing="fine", min_density: float = 1e-2, stellar_pr
         Lattice step (:data:`PRESETS`).
     min_density : float
         Keep points where ``model.validity.min_density(θ) >= min_density``.
-    stellar_prior : "model", StellarPrior or None
+    stellar_prior : "model", SmoothStellarPrior, StellarPrior or None
         ln p(Teff, logg | [M/H]) per point: "model" builds
-        :meth:`photoinfer.priors.StellarPrior.from_model` (threshold ``min_density``); None: flat.
+        :meth:`photoinfer.priors.SmoothStellarPrior.from_model` (threshold ``min_density``; the prior
+        :func:`photoinfer.priors.make_prior` uses); None: flat.
     bounds : ((Tmin, Tmax), (gmin, gmax), (Fmin, Fmax)), optional
         Lattice extent; default: the validity grid's axes.
     batch : int
@@ -134,8 +135,8 @@ def make_theta_grid(model, spacing="fine", min_density: float = 1e-2, stellar_pr
     M = np.concatenate([np.asarray(model.predict_magnitudes(theta[i:i + batch])) for i in range(0, len(theta), batch)])
     R = np.concatenate([np.asarray(model.extinction(theta[i:i + batch])) for i in range(0, len(theta), batch)])
     if isinstance(stellar_prior, str) and stellar_prior == "model":
-        from ..priors import StellarPrior
-        stellar_prior = StellarPrior.from_model(model, threshold=min_density)
+        from ..priors import SmoothStellarPrior
+        stellar_prior = SmoothStellarPrior.from_model(model, threshold=min_density)
     lnp = (np.zeros(len(theta), np.float32) if stellar_prior is None
            else np.asarray(stellar_prior(theta), np.float32))
     return ThetaGrid(theta=theta, M=M.astype(np.float32), R=R.astype(np.float32), ln_prior=lnp, spacing=step,
