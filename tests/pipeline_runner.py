@@ -27,7 +27,7 @@ def fit_argv(catalog, out, *, nside, batch_size, seed, model, keep=256, n_draws=
              samples=False, quicklook=False, workers=1) -> list[str]:
     """``photoinfer fit --nside`` arguments with the grid method on the coarse θ grid."""
     argv = ["fit", "--catalog", str(catalog), "--out", str(out), "--model", str(model), "--nside", str(nside),
-            "--method", "grid", "--spacing", "coarse", "--keep", str(keep), "--num-draws", str(n_draws),
+            "--method", "grid", "--grid", "coarse", "--keep", str(keep), "--num-draws", str(n_draws),
             "--batch-size", str(batch_size), "--seed", str(seed), "--image-grid", image_grid, "--workers", str(workers)]
     return argv + ([] if samples else ["--no-posterior"]) + ([] if quicklook else ["--no-quicklook"])
 

@@ -10,7 +10,7 @@ from conftest import RELEASED_MODEL, seed
 from pipeline_runner import SMALL_IMAGES, command, fit_argv, kill_restart, setup
 from photoinfer.catalog import Flag
 from photoinfer.io import pixel_products as pp
-from photoinfer.pipeline import grid_fit_fn, read_summaries, run_pipeline
+from photoinfer.pipeline import method_fit_fn, read_summaries, run_pipeline
 from photoinfer.sightline import ImageGrid
 
 NSIDE, BATCH = 16, 64
@@ -26,7 +26,7 @@ def cfg(**kw):
     """The PipelineConfig of ``photoinfer fit`` + :func:`argv` (with changes ``kw``)."""
     from dataclasses import replace
     fit_fn, c = setup(argv())
-    assert fit_fn is grid_fit_fn
+    assert fit_fn is method_fit_fn
     return replace(c, **kw)
 
 
@@ -56,7 +56,7 @@ def cat_path(cat, tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference(released_model, cat, tmp_path_factory):
     out = tmp_path_factory.mktemp("ref")
-    rep = run_pipeline(released_model, cat, out, grid_fit_fn, cfg())
+    rep = run_pipeline(released_model, cat, out, method_fit_fn, cfg())
     return out, read_summaries(out, NSIDE), rep
 
 
@@ -88,7 +88,7 @@ def test_stars_without_position(released_model, cat, tmp_path):
     sub = cat.subset(np.arange(80))
     sub.l[:5] = np.nan
     sub.b[:5] = np.nan
-    run_pipeline(released_model, sub, tmp_path, grid_fit_fn, cfg())
+    run_pipeline(released_model, sub, tmp_path, method_fit_fn, cfg())
     cols = read_summaries(tmp_path, NSIDE)
     assert sorted(cols["source_id"]) == sorted(sub.source_id)
     nopos = cols["pixel"] == -1
@@ -102,8 +102,8 @@ def test_grid_method_is_deterministic(released_model, cat):
     """Same stars and seed: identical draws (the kill and Dask checks rely on it); another seed: other draws."""
     sub = cat.subset(np.arange(BATCH))
     s = cfg().fit_settings | {"image_grid": cfg().grid}
-    a, b = (grid_fit_fn(released_model, sub, seed=3, **s) for _ in range(2))
-    c = grid_fit_fn(released_model, sub, seed=4, **s)
+    a, b = (method_fit_fn(released_model, sub, seed=3, **s) for _ in range(2))
+    c = method_fit_fn(released_model, sub, seed=4, **s)
     np.testing.assert_array_equal(a.samples["mu"], b.samples["mu"])
     assert not np.array_equal(a.samples["mu"], c.samples["mu"], equal_nan=True)
 
@@ -118,38 +118,38 @@ def test_crash_inside_writer_leaves_no_complete_looking_file(released_model, cat
         return real(self, name, *a, **kw)
     monkeypatch.setattr(h5py.Group, "create_dataset", boom)
     with pytest.raises(OSError, match="simulated"):
-        run_pipeline(released_model, cat, tmp_path, grid_fit_fn, cfg())
+        run_pipeline(released_model, cat, tmp_path, method_fit_fn, cfg())
     dirs = [d for d in (tmp_path / f"nside{NSIDE}").iterdir() if d.is_dir()]
     assert dirs
     for d in dirs:
         assert not (d / pp.MANIFEST).exists() and not (d / "images.h5").exists()
         assert not list(d.glob(".*tmp*")), "temporary file left behind"
     monkeypatch.setattr(h5py.Group, "create_dataset", real)
-    run_pipeline(released_model, cat, tmp_path, grid_fit_fn, cfg())
+    run_pipeline(released_model, cat, tmp_path, method_fit_fn, cfg())
     same_tables(read_summaries(tmp_path, NSIDE), reference[1])
 
 
 def test_resume_skips_finished_and_redoes_changed(released_model, cat, reference, tmp_path):
     ref_cols = reference[1]
     first = sorted(set(ref_cols["pixel"].tolist()))[:6]
-    run_pipeline(released_model, cat, tmp_path, grid_fit_fn, cfg(), pixels=first)
+    run_pipeline(released_model, cat, tmp_path, method_fit_fn, cfg(), pixels=first)
     done = {p: (pp.pixel_dir(tmp_path, NSIDE, p) / pp.MANIFEST).stat().st_mtime_ns for p in first}
-    r2 = run_pipeline(released_model, cat, tmp_path, grid_fit_fn, cfg())
+    r2 = run_pipeline(released_model, cat, tmp_path, method_fit_fn, cfg())
     assert r2.pixels_skipped >= len(first) and r2.pixels_done + r2.pixels_skipped == r2.n_pixels
     assert r2.stars_fit < len(cat)
     for p, t in done.items():
         assert (pp.pixel_dir(tmp_path, NSIDE, p) / pp.MANIFEST).stat().st_mtime_ns == t
     same_tables(read_summaries(tmp_path, NSIDE), ref_cols)
-    r3 = run_pipeline(released_model, cat, tmp_path, grid_fit_fn, cfg())
+    r3 = run_pipeline(released_model, cat, tmp_path, method_fit_fn, cfg())
     assert r3.pixels_done == 0 and r3.stars_fit == 0
     # one star's photometry changes: only its pixel is redone (its shared batch is refit whole)
     cat2 = cat.copy()
     cat2.mag[10, 3] += 0.1
     p_changed = ref_cols["pixel"][ref_cols["source_id"] == cat.source_id[10]][0]
-    r4 = run_pipeline(released_model, cat2, tmp_path, grid_fit_fn, cfg())
+    r4 = run_pipeline(released_model, cat2, tmp_path, method_fit_fn, cfg())
     assert r4.pixels_done == 1 and r4.stars_fit <= np.sum(ref_cols["pixel"] == p_changed) + BATCH
     # another seed: everything is redone
-    r5 = run_pipeline(released_model, cat, tmp_path, grid_fit_fn, cfg(seed=seed() + 1))
+    r5 = run_pipeline(released_model, cat, tmp_path, method_fit_fn, cfg(seed=seed() + 1))
     assert r5.pixels_skipped == 0 and r5.pixels_done == r5.n_pixels
 
 
@@ -165,7 +165,7 @@ def test_kill_and_restart(cat, cat_path, reference, tmp_path, rng):
 
 
 def test_dask_two_workers_same_as_serial(released_model, cat, reference, tmp_path):
-    rep = run_pipeline(released_model, cat, tmp_path, grid_fit_fn, cfg(), scheduler="processes", workers=2)
+    rep = run_pipeline(released_model, cat, tmp_path, method_fit_fn, cfg(), scheduler="processes", workers=2)
     assert rep.stars_fit == len(cat)
     assert len({u["pid"] for u in rep.units}) == 2 and os.getpid() not in {u["pid"] for u in rep.units}
     same_tables(read_summaries(tmp_path, NSIDE), reference[1])
@@ -181,7 +181,7 @@ def test_partitioned_and_chunked_input(released_model, cat, cat_path, reference,
         assert isinstance(part, PartitionedCatalog) and len(part) == len(cat)
         assert part.pixel_counts(NSIDE) == InMemoryCatalog(cat).pixel_counts(NSIDE)
         out = tmp_path / f"out{part_nside}"
-        run_pipeline(released_model, tmp_path / f"parts{part_nside}", out, grid_fit_fn, cfg())
+        run_pipeline(released_model, tmp_path / f"parts{part_nside}", out, method_fit_fn, cfg())
         same_tables(read_summaries(out, NSIDE), reference[1])
     with pytest.raises(ValueError, match="exists"):
         partition_catalog(cat_path, tmp_path / "parts4", nside=4)

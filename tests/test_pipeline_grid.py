@@ -16,15 +16,15 @@ def test_dust_screen_recovered_by_grid(released_model, tmp_path):
     """A sightline with a screen (E jumps from 0.02 to 1.5 at μ = 11): the stacked image and the
     median E(μ) profile put the jump within 0.3 mag of the truth."""
     from photoinfer.io.pixel_products import read_images
-    from photoinfer.pipeline import grid_fit_fn
+    from photoinfer.pipeline import method_fit_fn
     from photoinfer.sightline import locate_step
     from photoinfer.simulate import Cone, simulate_catalog
     mu_s, E_s = 11.0, 1.5
     cat = simulate_catalog(released_model, 400, seed(), photometry_only=True, sky=Cone(90.0, 10.0, 0.5),
                            dust_screen=(mu_s, E_s))
     cfg = PipelineConfig(nside=4, batch_size=128, seed=seed(), method="grid", write_samples=False,
-                         fit_settings=dict(spacing="coarse", n_draws=300, keep=512))
-    run_pipeline(released_model, cat, tmp_path, grid_fit_fn, cfg)
+                         fit_settings=dict(method="grid", grid="coarse", grid_settings=dict(n_draws=300, keep=512)))
+    run_pipeline(released_model, cat, tmp_path, method_fit_fn, cfg)
     (d,) = [p for p in (tmp_path / "nside4").iterdir() if p.is_dir()]
     img = read_images(d / "images.h5")
     assert img["attrs"]["image_source"] == "grid"

@@ -30,12 +30,12 @@ pixel pipeline examples:
   photoinfer fit --catalog parts/ --out run1 --nside 64 --method nuts --scheduler tcp://head:8786
 """
 
-#: Stars per fit call by method when --batch-size is not given.
-DEFAULT_BATCH = {"nuts": 25, "grid": 256}
+#: Stars per fit call by method when --batch-size is not given (NUTS: also its vmapped batch, at most 25).
+DEFAULT_BATCH = {"nuts": 25, "grid": 256, "grid+nuts": 256}
 
 
 def add_pixel_arguments(p) -> None:
-    """The pixel pipeline's options (a group of ``photoinfer fit``)."""
+    """The pixel pipeline's options and the grid's --num-draws / --keep (groups of ``photoinfer fit``)."""
     g = p.add_argument_group("HEALPix pixel pipeline (with --nside)")
     g.add_argument("--nside", type=int, metavar="N", default=None,
                    help="fit pixel by pixel: HEALPix nside (power of two) of nested Galactic pixels")
@@ -51,26 +51,38 @@ def add_pixel_arguments(p) -> None:
     g.add_argument("--image-bits", type=int, choices=(8, 16), default=8, help="image quantization (default uint8)")
     g.add_argument("--quicklook", action=argparse.BooleanOptionalAction, default=True,
                    help="write quicklook.png per pixel (default on)")
-    g.add_argument("--spacing", default="fine", choices=("fine", "coarse"),
-                   help="grid method: theta grid preset (default fine)")
-    g.add_argument("--num-draws", type=int, default=1000, metavar="N", help="grid method: draws per star (default 1000)")
-    g.add_argument("--keep", type=int, default=6144, metavar="K",
-                   help="grid method: grid points kept per star after screening (default 6144)")
+    g = p.add_argument_group("grid methods")
+    g.add_argument("--num-draws", type=int, default=None, metavar="N",
+                   help="grid methods: posterior draws per star (default 1000)")
+    g.add_argument("--keep", type=int, default=None, metavar="K",
+                   help="grid methods: grid points drawn per star from the Laplace weights (default 1024)")
+
+
+def grid_settings(args):
+    """GridSettings from --num-draws / --keep (None: the defaults)."""
+    from ..grid.posterior import GridSettings
+    kw = grid_settings_dict(args)
+    return GridSettings(**kw) if kw else None
+
+
+def grid_settings_dict(args) -> dict:
+    """The GridSettings fields given on the command line."""
+    return {k: v for k, v in (("n_draws", args.num_draws), ("keep", args.keep)) if v is not None}
 
 
 def fit_function(args) -> tuple:
-    """(fit_fn, fit_settings) for ``args.method``: the pipeline calls ``fit_fn(model, batch, seed=s, **fit_settings)``."""
-    if args.method == "grid":
-        if args.no_parallax or args.no_position or args.e_max is not None:
-            raise ValueError("--method grid with --nside does not take --no-parallax, --no-position or --e-max")
-        from ..pipeline import grid_fit_fn
-        return grid_fit_fn, {"spacing": args.spacing, "prior": args.prior, "dust": args.dust,
-                             "n_draws": args.num_draws, "keep": args.keep}
-    from ..infer.fit import fit_catalog
-    return fit_catalog, {"num_warmup": args.num_warmup, "num_samples": args.num_samples,
-                         "num_chains": args.num_chains, "prior": args.prior, "dust": args.dust, "E_max": args.e_max,
-                         "use_parallax": not args.no_parallax, "use_position": not args.no_position,
-                         "batch_size": args.batch_size or DEFAULT_BATCH["nuts"]}
+    """(fit_fn, fit_settings): the pipeline calls ``fit_fn(model, batch, seed=s, **fit_settings)``."""
+    from ..pipeline import method_fit_fn
+    settings = {"method": args.method, "prior": args.prior, "dust": args.dust, "E_max": args.e_max,
+                "use_parallax": not args.no_parallax, "use_position": not args.no_position}
+    if args.method != "grid":
+        settings |= {"num_warmup": args.num_warmup, "num_samples": args.num_samples, "num_chains": args.num_chains,
+                     "batch_size": min(args.batch_size or DEFAULT_BATCH["nuts"], DEFAULT_BATCH["nuts"])}
+    if args.method != "nuts":
+        settings |= {"grid": args.grid, "grid_settings": grid_settings_dict(args)}
+    if args.method == "grid+nuts":
+        settings |= {"min_grid_ess": args.min_grid_ess, "exact": args.exact}
+    return method_fit_fn, settings
 
 
 def parse_pixels(text: str | None) -> list[int] | None:
