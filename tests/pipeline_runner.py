@@ -85,7 +85,8 @@ def kill_restart(cmd, out, nside, n_pixels, rng, *, kills=2, jitter=0.0, timeout
         p.send_signal(signal.SIGKILL)
         p.wait()
         n_done = finished_pixels(out, nside)
-        records.append({"target": target, "finished_at_kill": n_done, "seconds_after_start": round(time.time() - t0, 2)})
+        records.append({"target": target, "finished_at_kill": n_done,
+                        "seconds_after_start": round(time.time() - t0, 2)})
         check_manifests(out, nside)
         lo = n_done + 1
     subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=stderr or subprocess.DEVNULL,

@@ -68,7 +68,8 @@ def add_arguments(p) -> None:
     p.add_argument("--no-parallax", action="store_true", help="ignore the catalog's parallaxes")
     p.add_argument("--no-position", action="store_true", help="ignore l, b: position-free Galactic prior")
     p.add_argument("--batch-size", type=int, default=None, metavar="N",
-                   help="stars sampled together (default 25; grid with --nside: 256)")
+                   help="stars sampled together (default 25; with --nside, stars per fit call: 256 for grid and "
+                        "grid+nuts)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--no-posterior", action="store_true", help="write only the summary (no posterior.nc)")
     add_pixel_arguments(p)

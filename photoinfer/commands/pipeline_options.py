@@ -15,7 +15,7 @@ with --nside N (the HEALPix pixel pipeline, for dust mapping and catalogs of any
   (one compilation serves all) and write, under OUT/nside{N}/pix{ID:07d}/ (stars without a
   position: OUT/nside{N}/nopos/), per pixel:
     summary.parquet  one row per star (as above, plus pixel, image_frac_outside)
-    images.h5        per-star (mu, E) posterior images on --image-grid (uint8, per-star scale)
+    images.h5        per-star (mu, E) posterior images on --image-grid (always; uint8, per-star scale)
     posterior.nc     the draws (arviz; not with --no-posterior)
     quicklook.png    stacked (mu, E) image with the median E(mu) profile
     manifest.json    written last: hashes of the input rows, model and settings
