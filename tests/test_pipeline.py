@@ -205,3 +205,6 @@ def test_fit_command_with_nside(cat, cat_path, reference, tmp_path, capsys):
     assert main(["fit", "--catalog", str(cat_path), "--out", str(tmp_path), "--model", str(RELEASED_MODEL),
                  "--nside", "3"]) == 2
     assert "nside must be a power of two" in capsys.readouterr().err
+    assert main(["fit", "--catalog", str(cat_path), "--out", str(tmp_path / "x"), "--model", str(RELEASED_MODEL),
+                 "--workers", "2"]) == 2
+    assert "--workers need --nside" in capsys.readouterr().err

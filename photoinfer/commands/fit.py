@@ -1,7 +1,7 @@
 """``photoinfer fit``: posteriors of (Teff, logg, [M/H], μ, E) for photometry-only stars."""
 from __future__ import annotations
 
-from .pipeline_options import PIXELS_DESCRIPTION, add_pixel_arguments, grid_settings
+from .pipeline_options import PIXELS_DESCRIPTION, add_pixel_arguments, check_pixel_options, grid_settings
 
 HELP = "sample each star's posterior of Teff, logg, [M/H], distance modulus and reddening from its photometry"
 DESCRIPTION = """\
@@ -89,6 +89,7 @@ def run(args) -> int:
     for name in ("num_warmup", "num_samples", "num_chains", "batch_size"):
         if (getattr(args, name) or 1) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+    check_pixel_options(args)
     model = load_model_arg(args)
     if args.nside is not None:                     # the HEALPix pixel pipeline
         from .pipeline_options import run_pixels

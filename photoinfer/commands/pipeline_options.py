@@ -85,6 +85,19 @@ def fit_function(args) -> tuple:
     return method_fit_fn, settings
 
 
+def check_pixel_options(args) -> None:
+    """ValueError for a bad --nside / --workers, or a pipeline-only option without --nside (before any work)."""
+    if args.nside is not None:
+        from ..pixels import nside_to_order
+        nside_to_order(args.nside)
+    if args.workers < 1:
+        raise ValueError("--workers must be at least 1")
+    given = [o for o, v in (("--pixels", args.pixels), ("--scheduler", args.scheduler),
+                            ("--workers", args.workers != 1)) if v]
+    if args.nside is None and given:
+        raise ValueError(f"{', '.join(given)} need --nside (the HEALPix pixel pipeline)")
+
+
 def parse_pixels(text: str | None) -> list[int] | None:
     """``"1,2,-1"`` → [1, 2, -1]; None/"" → None (all pixels)."""
     if not text:
@@ -110,8 +123,7 @@ def run_pixels(args, model) -> int:
     """Run the pipeline from ``photoinfer fit``'s parsed arguments (``args.nside`` set)."""
     from ..pipeline import run_pipeline
     from . import log, print_json
-    if args.workers < 1:
-        raise ValueError("--workers must be at least 1")
+    check_pixel_options(args)
     fit_fn, config = pipeline_setup(args)
     report = run_pipeline(model, args.catalog, args.out, fit_fn, config, pixels=parse_pixels(args.pixels),
                           scheduler=args.scheduler, workers=args.workers, retries=args.retries, progress=not args.quiet)
