@@ -156,18 +156,6 @@ def test_cut_mask_follows_threshold(tiny, trained):
     np.testing.assert_array_equal(hist.included, hist.usable & (hist.reduced_chi2 <= thr))
 
 
-def test_resume_state_equals_uninterrupted(tiny):
-    states = []
-    train(tiny, TINY.__class__(**{**TINY.to_dict(), "split": tuple(TINY.split), "iterations": 1}),
-          callback=lambda e, s, r: states.append(s) if e == "iteration" else None)
-    m_resumed, h_resumed = train(tiny, TINY, resume=states[-1])
-    m_full, h_full = train(tiny, TINY)
-    for a, b in zip(jax.tree_util.tree_leaves(m_resumed.params), jax.tree_util.tree_leaves(m_full.params)):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(h_resumed.E, h_full.E, rtol=1e-5, atol=1e-6)
-    assert len(h_resumed.epochs) == len(h_full.epochs)
-
-
 # ---------------------------------------------------------------------- validity density
 def test_validity_density_matches_direct_kde():
     from photoinfer.train.validation import BANDWIDTH, GRID_FEH, GRID_LOGG, GRID_TEFF, validity_density
