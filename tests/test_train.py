@@ -15,7 +15,6 @@ from conftest import REPO, SAMPLE_8K, seed
 from photoinfer.catalog import Catalog
 from photoinfer.evaluate import star_data, update_reddening
 from photoinfer.train import TrainConfig, batch_loss, cut_threshold, learning_rate, split_labels, train
-from photoinfer.train import schedule
 
 
 def mock_catalog(model, theta_pool, n, rng, frac_missing=0.1):
