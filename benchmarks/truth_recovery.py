@@ -72,18 +72,20 @@ def compare(trained, truth, theta):
     return am_rms, r_rms, R_0.mean(axis=0)
 
 
-def scaled_theta_errors(scale: float):
-    """The default mock error model with every σ_θ multiplied by ``scale`` (floors and cuts too)."""
+def scaled_errors(theta_scale: float = 1.0, parallax_scale: float = 1.0):
+    """The default mock error model with every σ_θ (floors and cuts too) and σ_ϖ multiplied by the scales."""
     from dataclasses import replace
 
     from photoinfer.mock_errors import DEFAULT_ERROR_MODEL as em
-    return replace(em, theta_lnmean=np.asarray(em.theta_lnmean) + np.log(scale),
-                   theta_err_min=np.asarray(em.theta_err_min) * scale, theta_err_max=np.asarray(em.theta_err_max) * scale,
-                   source=f"{em.source}, sigma_theta x {scale}")
+    return replace(em, theta_lnmean=np.asarray(em.theta_lnmean) + np.log(theta_scale),
+                   theta_err_min=np.asarray(em.theta_err_min) * theta_scale,
+                   theta_err_max=np.asarray(em.theta_err_max) * theta_scale,
+                   plx_floor=em.plx_floor * parallax_scale, plx_c=em.plx_c + 2 * np.log(parallax_scale),
+                   source=f"{em.source}, sigma_theta x {theta_scale}, sigma_parallax x {parallax_scale}")
 
 
 def run(n=200000, seed=1, iterations=20, epochs=25, batch_size=1024, out=None, theta_error_scale=1.0,
-        save_model=None):
+        save_model=None, parallax_error_scale=1.0):
     from photoinfer.evaluate import star_data, update_reddening
     from photoinfer.io.models import load_model
     from photoinfer.simulate import simulate_catalog
@@ -91,7 +93,8 @@ def run(n=200000, seed=1, iterations=20, epochs=25, batch_size=1024, out=None, t
     from photoinfer.train.validation import GRID_FEH, GRID_LOGG, GRID_TEFF
     truth = load_model(SHARED / "green2020_nn_model.h5")
     t0 = time.perf_counter()
-    em = None if theta_error_scale == 1.0 else scaled_theta_errors(theta_error_scale)
+    em = (None if theta_error_scale == 1.0 and parallax_error_scale == 1.0
+          else scaled_errors(theta_error_scale, parallax_error_scale))
     cat = simulate_catalog(truth, n, seed, error_model=em)
     t_sim = time.perf_counter() - t0
     cfg = TrainConfig(iterations=iterations, epochs=epochs, batch_size=batch_size, seed=seed)
@@ -131,8 +134,9 @@ def run(n=200000, seed=1, iterations=20, epochs=25, batch_size=1024, out=None, t
     comp = ["M_G"] + [f"{b}-G" for b in bands[1:]]
     res = {
         "command": f"python benchmarks/truth_recovery.py --n {n} --seed {seed} --iterations {iterations} "
-                   f"--epochs {epochs} --batch-size {batch_size} --theta-error-scale {theta_error_scale}",
-        "theta_error_scale": theta_error_scale,
+                   f"--epochs {epochs} --batch-size {batch_size} --theta-error-scale {theta_error_scale} "
+                   f"--parallax-error-scale {parallax_error_scale}",
+        "theta_error_scale": theta_error_scale, "parallax_error_scale": parallax_error_scale,
         "theta_err_median": np.median(sig_th, axis=0).tolist(),
         "n": n, "n_usable": int(hist.usable.sum()), "seed": seed, "simulate_seconds": t_sim,
         "train_seconds": t_train, "final_train_loss": hist.epochs[-1]["train_loss"],
@@ -168,12 +172,16 @@ def main(argv=None):
     p.add_argument("--theta-error-scale", type=float, default=1.0,
                    help="multiply the mock's θ errors (default 1: the real sample's); 0.1 isolates the fit from "
                         "the errors-in-variables bias of training on measured θ")
+    p.add_argument("--parallax-error-scale", type=float, default=1.0,
+                   help="multiply the mock's parallax errors (default 1: the real sample's)")
     p.add_argument("--save-model", default=None, metavar="PATH", help="also write the trained model here")
     p.add_argument("--out", default=None, help="default benchmarks/results/truth_recovery[_thetaerrX].json")
     a = p.parse_args(argv)
-    out = a.out or str(REPO / "benchmarks" / "results" / ("truth_recovery.json" if a.theta_error_scale == 1.0
-                                                          else f"truth_recovery_thetaerr{a.theta_error_scale:g}.json"))
-    print(json.dumps(run(a.n, a.seed, a.iterations, a.epochs, a.batch_size, out, a.theta_error_scale, a.save_model), indent=1))
+    tag = "".join(f"_{k}{v:g}" for k, v in (("thetaerr", a.theta_error_scale), ("plxerr", a.parallax_error_scale))
+                  if v != 1.0)
+    out = a.out or str(REPO / "benchmarks" / "results" / f"truth_recovery{tag}.json")
+    print(json.dumps(run(a.n, a.seed, a.iterations, a.epochs, a.batch_size, out, a.theta_error_scale, a.save_model,
+                         a.parallax_error_scale), indent=1))
 
 
 if __name__ == "__main__":
