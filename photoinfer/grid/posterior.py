@@ -339,13 +339,13 @@ def _to_fitresult(draws, draw_lw, ess, flags, source_id, grid, s: GridSettings) 
     names = list(PARAMETERS)
     samples = {p: draws[None, :, :, i].transpose(0, 2, 1).copy() for i, p in enumerate(names)}   # (1, D, N)
     summary = {"source_id": source_id, "flags": flags, "method": np.full(n, "grid", dtype=object)}
-    with np.errstate(invalid="ignore"), __import__("warnings").catch_warnings():
-        __import__("warnings").simplefilter("ignore", RuntimeWarning)
-        for i, p in enumerate([*names, "distance"]):
-            x = distance_from_mu(draws[..., 3]) if p == "distance" else draws[..., i]
-            q = np.nanpercentile(x, [16, 50, 84], axis=1) if n else np.zeros((3, 0))
-            for j, pc in enumerate(("p16", "p50", "p84")):
-                summary[f"{p}_{pc}"] = q[j]
+    ok = np.all(np.isfinite(draws), axis=(1, 2))          # a star's draws are all finite or all NaN
+    for i, p in enumerate([*names, "distance"]):
+        x = distance_from_mu(draws[ok, :, 3]) if p == "distance" else draws[ok, :, i]
+        q = np.full((3, n), np.nan)
+        q[:, ok] = np.percentile(x, [16, 50, 84], axis=1)
+        for j, pc in enumerate(("p16", "p50", "p84")):
+            summary[f"{p}_{pc}"] = q[j]
     summary["rhat_max"] = np.full(n, np.nan)
     summary["ess_bulk_min"] = ess.copy()
     summary["ess_tail_min"] = ess.copy()
