@@ -12,10 +12,12 @@ and only the 1-D integral over μ remains::
 
     w_g = p(θ_g) ∫ (P1) · N(ϖ̂ | ϖ(μ), σ_ϖ²) · p(μ, [M/H]_g | l, b) dμ                          (P2)
 
-(P2) is estimated by importance sampling with S stratified draws per point from a Gaussian
-proposal q(μ): the photometric μ-marginal conditioned on the parallax linearized at the current
+(P2) and the sum over grid points are estimated together by importance sampling: ``keep`` grid
+points per star are drawn by systematic sampling from the Laplace weights
+(:func:`~photoinfer.grid.engine.approximate_log_weight`, probability q_g), and S stratified μ draws
+per drawn point from a Gaussian proposal q(μ): the photometric μ-marginal conditioned on the parallax linearized at the current
 mean (two Gauss–Newton steps), widened by ``inflate`` (default 1.5), moved to the E = 0 edge when
-the mean has E < 0.  Every draw carries its exact weight (P1)·N(ϖ̂|ϖ(μ))·p(μ, [M/H])·p(θ)/q(μ):
+the mean has E < 0.  Every draw carries its exact weight (P1)·N(ϖ̂|ϖ(μ))·p(μ, [M/H])·p(θ)/(q_g q(μ)):
 nothing is linearized in the weights, so the estimate is unbiased, and the parallax likelihood
 stays exact at any S/N, negative parallaxes included.  Why importance sampling rather than a
 (μ, E) sub-grid: E needs no grid at all (P1), and a fixed μ sub-grid would have to resolve both the
@@ -38,9 +40,9 @@ import numpy as np
 from jax.scipy.special import logsumexp, ndtr, ndtri
 
 from ..fitresult import PARAMETERS, SUMMARY_COLUMNS, FitResult, distance_from_mu
-from .engine import (GridResult, StarArrays, ThetaGrid, approximate_log_weight, gauss_newton_parallax,
-                     initial_points, log_prior_E_conditional, log_prior_position, log_truncation, parallax_of_mu,
-                     make_theta_grid, position_prior_table, screen, solve_mu_E_direct, star_arrays, _pad_grid,
+from .engine import (GridArrays, GridResult, StarArrays, ThetaGrid, approximate_log_weight, gauss_newton_parallax,
+                     grid_arrays, initial_points, log_prior_E_conditional, log_prior_position, log_truncation,
+                     make_theta_grid, parallax_of_mu, position_table, solve_mu_E_direct, solve_mu_E_grid, star_arrays,
                      _pad_rows)
 
 __all__ = ["GridSettings", "ImageBins", "GridFit", "grid_posterior", "grid_fit", "mu_E_images"]
@@ -52,25 +54,23 @@ _LN_2PI = float(np.log(2.0 * np.pi))
 class GridSettings:
     """Settings of the grid posterior.
 
-    keep : grid points kept per star after screening (the best by approximate weight)
-    delta : points with approximate ln w < max − delta are dropped
-    n_mu : importance draws in μ per kept point (stratified)
+    keep : grid points drawn per star from the Laplace weights (systematic sampling: a point of
+        proposal mass p gets ⌊keep·p⌋ or ⌈keep·p⌉ copies), each with ``n_mu`` μ draws
+    n_mu : importance draws in μ per drawn point (stratified)
     inflate : proposal width / Gauss–Newton posterior width in μ
     n_draws : resampled posterior draws per star
     sigma_model : model floor added in quadrature to every magnitude error [mag]
     min_ess : stars with a Kish effective sample size below this get ``Flag.NOT_CONVERGED``
-    grid_chunk, star_chunk : memory bounds (see :func:`~photoinfer.grid.engine.screen`)
+    star_chunk : stars evaluated together (memory: ~30 float32 arrays of star_chunk × grid points)
     position_free : use the sky-averaged prior (ignore l, b)
     """
 
-    keep: int = 6144
-    delta: float = 25.0
-    n_mu: int = 8
+    keep: int = 1024
+    n_mu: int = 4
     inflate: float = 1.5
     n_draws: int = 1000
     sigma_model: float = 0.02
     min_ess: float = 50.0
-    grid_chunk: int = 16384
     star_chunk: int = 32
     position_free: bool = False
 
@@ -91,22 +91,13 @@ class _Chunk(NamedTuple):
     draw_logw: jnp.ndarray    # (n, D) ln weight of the drawn pair
     ess: jnp.ndarray          # (n,)
     log_evidence: jnp.ndarray  # (n,)
-    point_logw: jnp.ndarray   # (n, K) ln mass per kept point (IS estimate), normalized
-    sol_mu: jnp.ndarray       # (n, K) posterior mean μ per point (IS)
-    sol_E: jnp.ndarray        # (n, K) posterior mean E per point (IS)
+    points: GridResult        # (n, T) the drawn points: mass of each entry, posterior mean (μ, E) per point
     image: jnp.ndarray        # (n, nμ, nE) or (n, 0, 0)
 
 
 def _uniform(keys, shape):
     """Per-star uniforms: (n,) + shape from (n, 2) keys (results do not depend on the chunking)."""
     return jax.vmap(lambda k: jax.random.uniform(k, shape))(keys)
-
-
-def _stratified_normal(keys, S):
-    """(n, S) standard-normal quantiles of a randomly shifted stratified uniform grid (per star)."""
-    shift = _uniform(keys, (1,))
-    u = (jnp.arange(S)[None, :] + shift) / S
-    return ndtri(jnp.clip(u, 1e-7, 1 - 1e-7))
 
 
 def _truncated_normal(u, mean, var, lo, hi):
@@ -120,24 +111,43 @@ def _truncated_normal(u, mean, var, lo, hi):
     return jnp.clip(mean + sd * z, lo, hi)
 
 
-@partial(jax.jit, static_argnames=("prior", "n_mu", "n_draws", "bins", "inflate"))
-def _posterior_chunk(idx, M, R, lnp, theta, spacing, stars: StarArrays, table, keys, prior, n_mu: int,
+_GOLDEN = 0.6180339887498949
+
+
+@partial(jax.jit, static_argnames=("prior", "n_points", "n_mu", "n_draws", "bins", "inflate"))
+def _posterior_chunk(ga: GridArrays, spacing, stars: StarArrays, table, keys, prior, n_points: int, n_mu: int,
                      n_draws: int, inflate: float, bins):
-    n, K = idx.shape
-    S = n_mu
-    Mk, Rk, lk, tk = M[idx], R[idx], lnp[idx], theta[idx]
-    pruned = ~jnp.isfinite(lk) | (idx < 0)
-    sol = solve_mu_E_direct(Mk, Rk, stars.mag, stars.weight)                       # (n, K)
+    n = stars.mag.shape[0]
+    T, S = n_points, n_mu
+    ks = jax.vmap(lambda k: jax.random.split(k, 6))(keys)                          # (n, 6, 2)
+    k0, k1, k2, k3, k4, k5 = (ks[:, i] for i in range(6))
+    # 1. Laplace weights of every grid point (the proposal over points)
+    sol_all = solve_mu_E_grid(ga, stars.mag, stars.weight)                          # (n, G)
+    lw_all, _ = approximate_log_weight(sol_all, ga.ln_prior[None, :], ga.row[None, :], ga.theta[None, :, 2], stars,
+                                       prior, table)
+    lw_all = jnp.where(jnp.isfinite(lw_all), lw_all, -jnp.inf)
+    lse = logsumexp(lw_all, axis=1, keepdims=True)
+    cdf_pts = jnp.cumsum(jnp.exp(lw_all - lse), axis=1)
+    # 2. T points per star by systematic sampling (copies of a point ∝ its proposal mass; sorted indices)
+    u_pts = (jnp.arange(T)[None, :] + _uniform(k0, (1,))) / T
+    idx = jnp.minimum(jax.vmap(jnp.searchsorted)(cdf_pts, u_pts * cdf_pts[:, -1:]), lw_all.shape[1] - 1)
+    ln_pick = jnp.take_along_axis(lw_all, idx, 1) - lse                              # ln q(point)
+    copies = (jax.vmap(lambda a: jnp.searchsorted(a, a, side="right"))(idx)
+              - jax.vmap(lambda a: jnp.searchsorted(a, a, side="left"))(idx))
+    n_points = jnp.sum(jnp.concatenate([jnp.ones((n, 1), bool), idx[:, 1:] != idx[:, :-1]], 1), axis=1)
+    Mk, Rk, lk, tk, rk = ga.M[idx], ga.R[idx], ga.ln_prior[idx], ga.theta[idx], ga.row[idx]
+    # 3. exact (μ, E) Gaussian at each drawn point; μ proposal from the parallax-updated Gaussian
+    sol = solve_mu_E_direct(Mk, Rk, stars.mag, stars.weight)                       # (n, T)
     ex = lambda a: a[:, None]  # noqa: E731
     mu_p, E_p, vmu_p, cme_p, vE_p, _ = gauss_newton_parallax(sol.mu_free, sol.var_mu, sol.cov_muE, sol.var_E,
                                                               sol.E_free, ex(stars.parallax), ex(stars.parallax_err))
     centre = jnp.where(E_p < 0, mu_p - cme_p / vE_p * E_p, mu_p)
     scale = inflate * jnp.sqrt(vmu_p)
-    ks = jax.vmap(lambda k: jax.random.split(k, 5))(keys)                          # (n, 5, 2)
-    k1, k2, k3, k4, k5 = (ks[:, i] for i in range(5))
-    z = _stratified_normal(k1, S)[:, None, :]                                      # (n, 1, S)
-    mu = centre[..., None] + scale[..., None] * z                                    # (n, K, S)
-    ln_q = -0.5 * z * z - jnp.log(scale)[..., None] - 0.5 * _LN_2PI
+    # stratified μ draws, a different shift per drawn point (Weyl sequence from one uniform per star)
+    shift = jnp.mod(_uniform(k1, (1,)) + _GOLDEN * jnp.arange(T)[None, :], 1.0)       # (n, T)
+    z = ndtri(jnp.clip((jnp.arange(S)[None, None, :] + shift[..., None]) / S, 1e-7, 1 - 1e-7))   # (n, T, S)
+    mu = centre[..., None] + scale[..., None] * z
+    ln_q = -0.5 * z * z - jnp.log(scale)[..., None] - 0.5 * _LN_2PI + ln_pick[..., None]
     # (P1): photometry with E integrated against its prior
     vmu, cme, vE = sol.var_mu[..., None], sol.cov_muE[..., None], sol.var_E[..., None]
     s2 = jnp.maximum(vE - cme * cme / vmu, 1e-12)
@@ -146,29 +156,31 @@ def _posterior_chunk(idx, M, R, lnp, theta, spacing, stars: StarArrays, table, k
                                                          c, s2)
     ln_phot = (-0.5 * sol.chi2_free[..., None] - 0.5 * (mu - sol.mu_free[..., None]) ** 2 / vmu
                + 0.5 * jnp.log(2 * np.pi * s2) + ln_norm + log_truncation(mean, var, lo, hi))
-    # parallax (exact) and the position prior
+    # (P2): parallax (exact) and the position prior
     plx, plx_err = stars.parallax[:, None, None], stars.parallax_err[:, None, None]
     ln_plx = jnp.where(jnp.isfinite(plx_err), -0.5 * ((plx - parallax_of_mu(mu)) / plx_err) ** 2, 0.0)
-    feh = jnp.broadcast_to(tk[..., 2:3], mu.shape)
     ln_pos = (0.0 if prior is None else
-              log_prior_position(prior, table, feh, mu, stars.l[:, None, None], stars.b[:, None, None]))
+              log_prior_position(prior, table, rk[..., None], tk[..., 2:3], mu, stars.l[:, None, None],
+                                 stars.b[:, None, None]))
     lw = ln_phot + ln_plx + ln_pos + lk[..., None] - ln_q
-    lw = jnp.where(pruned[..., None] | ~jnp.isfinite(lw), -jnp.inf, lw)
-    flat = lw.reshape(n, K * S)
-    lz = logsumexp(flat, axis=1)                                                     # ln Σ w (∝ evidence · S)
+    lw = jnp.where(jnp.isfinite(lw), lw, -jnp.inf)
+    flat = lw.reshape(n, T * S)
+    lz = logsumexp(flat, axis=1)                                                     # ln Σ w (∝ evidence · T·S)
     wn = jnp.exp(flat - lz[:, None])
     ess = 1.0 / jnp.sum(wn * wn, axis=1)
-    # per-point summaries (for initial_points)
-    point_lw = logsumexp(lw, axis=2) - lz[:, None]
+    # per-entry summaries (for initial_points)
     wp = jnp.exp(lw - logsumexp(lw, axis=2, keepdims=True))
     mu_mean = jnp.sum(jnp.where(jnp.isfinite(lw), wp * mu, 0.0), 2)
-    E_one = jnp.clip(mean, lo, hi)
-    E_mean = jnp.sum(jnp.where(jnp.isfinite(lw), wp * E_one, 0.0), 2)
+    E_mean = jnp.sum(jnp.where(jnp.isfinite(lw), wp * jnp.clip(mean, lo, hi), 0.0), 2)
+    # posterior mass of each entry: its point's ∫ f dμ estimated by the mean of f/q(μ) over its own
+    # draws, shared equally by the point's copies (the copies' sum averages their estimates)
+    entry_lw = logsumexp(lw + ln_pick[..., None], axis=2) - jnp.log(float(S)) - jnp.log(copies.astype(jnp.float32))
+    entry_lw = entry_lw - logsumexp(entry_lw, axis=1, keepdims=True)
     # systematic resampling of the (point, draw) pairs
     cdf = jnp.cumsum(wn, axis=1)
     pos = (jnp.arange(n_draws)[None, :] + _uniform(k2, (1,))) / n_draws
-    pick = jnp.minimum(jax.vmap(jnp.searchsorted)(cdf, pos * cdf[:, -1:]), K * S - 1)   # (n, D)
-    take = lambda a: jnp.take_along_axis(jnp.broadcast_to(a, (n, K, S)).reshape(n, K * S), pick, 1)  # noqa: E731
+    pick = jnp.minimum(jax.vmap(jnp.searchsorted)(cdf, pos * cdf[:, -1:]), T * S - 1)   # (n, D)
+    take = lambda a: jnp.take_along_axis(jnp.broadcast_to(a, (n, T, S)).reshape(n, T * S), pick, 1)  # noqa: E731
     mu_d = take(mu)
     E_d = _truncated_normal(_uniform(k3, pick.shape[1:]), take(mean), take(var), take(jnp.broadcast_to(lo, mu.shape)),
                             take(jnp.broadcast_to(hi, mu.shape)))
@@ -180,10 +192,11 @@ def _posterior_chunk(idx, M, R, lnp, theta, spacing, stars: StarArrays, table, k
         image = jnp.zeros((n, 0, 0), jnp.float32)
     else:
         E_all = _truncated_normal(_uniform(k5, mu.shape[1:]), mean, var, jnp.broadcast_to(lo, mu.shape),
-                                  jnp.broadcast_to(hi, mu.shape)).reshape(n, K * S)
-        image = _histogram(mu.reshape(n, K * S), E_all, wn, bins)
-    return _Chunk(draws, jnp.take_along_axis(flat, pick, 1), ess, lz - jnp.log(float(S)), point_lw, mu_mean,
-                  E_mean, image)
+                                  jnp.broadcast_to(hi, mu.shape)).reshape(n, T * S)
+        image = _histogram(mu.reshape(n, T * S), E_all, wn, bins)
+    points = GridResult(idx, entry_lw, tk, mu_mean, E_mean, sol.var_mu, sol.cov_muE, sol.var_E, sol.chi2,
+                        lz - jnp.log(float(T * S)), n_points)
+    return _Chunk(draws, jnp.take_along_axis(flat, pick, 1), ess, lz - jnp.log(float(T * S)), points, image)
 
 
 def _histogram(mu, E, w, bins: ImageBins):
@@ -209,8 +222,8 @@ class GridFit:
     initial : InitialPoints for NUTS chains, or None
     ess : (N,) Kish effective number of weighted grid samples (NaN for stars not fit)
     log_evidence : (N,) ln p(data) up to a per-star constant (NaN for stars not fit)
-    n_within : (N,) screened points within ``delta`` of the best (== keep: the kept set may be truncated)
-    points : GridResult with the importance-sampling weights of each kept point (``return_points=True``), or None
+    n_points : (N,) distinct grid points drawn (0 for stars not fit)
+    points : GridResult with the importance-sampling mass of each drawn point (``return_points=True``), or None
     """
 
     fit: FitResult
@@ -218,13 +231,13 @@ class GridFit:
     initial: object
     ess: np.ndarray
     log_evidence: np.ndarray
-    n_within: np.ndarray
+    n_points: np.ndarray
     points: GridResult | None = None
 
 
 def grid_posterior(grid: ThetaGrid, stars: StarArrays, prior=None, settings: GridSettings = GridSettings(),
                    key=None, images: ImageBins | None = None, n_chains: int = 0, source_id=None, flags=None,
-                   table=None, progress=None, return_points: bool = False) -> GridFit:
+                   table=None, progress=None, return_points: bool = False, arrays: GridArrays | None = None) -> GridFit:
     """Grid posterior of N stars, Eqs. (P1)–(P2), as resampled draws (and images, NUTS seeds).
 
     Parameters
@@ -242,12 +255,13 @@ def grid_posterior(grid: ThetaGrid, stars: StarArrays, prior=None, settings: Gri
     source_id : (N,) int64, optional
     flags : (N,) int64, optional
         Input flags; stars with ``INFERENCE_UNUSABLE`` bits are not fit (NaN draws) but kept.
-    table : dict, optional
-        Position-prior table (:func:`~photoinfer.grid.engine.position_prior_table`) to reuse.
+    table : PositionTable, optional
+        :func:`~photoinfer.grid.engine.position_table` of ``prior`` on this grid, to reuse.
     progress : callable(done, total), optional
     return_points : bool
-        Also return the kept points with their exact (importance-sampled) weights (memory: ~40 B ×
-        keep per star).
+        Also return the drawn points with their importance-sampling masses (~40 B × keep per star).
+    arrays : GridArrays, optional
+        :func:`~photoinfer.grid.engine.grid_arrays` of ``grid``, to reuse.
 
     Returns
     -------
@@ -262,43 +276,37 @@ def grid_posterior(grid: ThetaGrid, stars: StarArrays, prior=None, settings: Gri
     n_obs = np.asarray(stars.weight > 0).sum(1)
     flags[n_obs < 2] |= int(Flag.TOO_FEW_BANDS)
     fit_idx = np.flatnonzero((flags & int(INFERENCE_UNUSABLE)) == 0)
-    if prior is not None and s.position_free and table is None:
-        table = position_prior_table(prior, grid.feh_axis)
-    tab = None if (prior is None or not s.position_free) else {
-        k: (jnp.asarray(v) if k == "table" else v) for k, v in table.items()}
-    keep = min(s.keep, len(grid))
-    M, R, lnp, theta = (jnp.asarray(a) for a in _pad_grid(grid, min(s.grid_chunk, len(grid))))
+    tab = None
+    if prior is not None and s.position_free:
+        tab = position_table(prior, grid.feh_axis) if table is None else table
+    ga = grid_arrays(grid) if arrays is None else arrays
     spacing = jnp.asarray(grid.spacing, jnp.float32)
     D = s.n_draws
     draws = np.full((n, D, 5), np.nan, np.float32)
     draw_lw = np.full((n, D), np.nan, np.float32)
     ess = np.full(n, np.nan)
     lnz = np.full(n, np.nan)
-    n_within = np.zeros(n, np.int64)
+    n_points = np.zeros(n, np.int64)
     imgs = None if images is None else np.zeros((n, images.n_mu, images.n_E), np.float32)
     inits, points = [], []
     for c0 in range(0, len(fit_idx), s.star_chunk):
         rows = fit_idx[c0:c0 + s.star_chunk]
-        part = StarArrays(*[_pad_rows(np.asarray(a)[rows], s.star_chunk) for a in stars])
-        scr = screen(grid, part, prior, keep=keep, delta=s.delta, grid_chunk=s.grid_chunk, star_chunk=s.star_chunk,
-                     position_free=s.position_free, table=table)
+        part = StarArrays(*[jnp.asarray(_pad_rows(np.asarray(a)[rows], s.star_chunk)) for a in stars])
         keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.asarray(_pad_rows(rows, s.star_chunk)))
-        out = _posterior_chunk(jnp.asarray(scr.index), M, R, lnp, theta, spacing, part, tab, keys, prior, s.n_mu, D,
-                               float(s.inflate), images)
+        out = _posterior_chunk(ga, spacing, part, tab, keys, prior, int(s.keep), int(s.n_mu), D, float(s.inflate),
+                               images)
         k = len(rows)
         draws[rows] = np.asarray(out.draws)[:k]
         draw_lw[rows] = np.asarray(out.draw_logw)[:k]
         ess[rows] = np.asarray(out.ess)[:k]
         lnz[rows] = np.asarray(out.log_evidence)[:k]
-        n_within[rows] = scr.n_within[:k]
+        n_points[rows] = np.asarray(out.points.n_points)[:k]
         if imgs is not None:
             imgs[rows] = np.asarray(out.image)[:k]
-        pts = scr._replace(log_weight=np.asarray(out.point_logw), mu=np.asarray(out.sol_mu),
-                           E=np.asarray(out.sol_E))
         if return_points:
-            points.append(jax.tree_util.tree_map(lambda a: a[:k], pts))
+            points.append((rows, jax.tree_util.tree_map(lambda a: np.asarray(a)[:k], out.points)))
         if n_chains > 0:
-            ip = initial_points(pts, n_chains, spacing=grid.spacing)
+            ip = initial_points(out.points, n_chains, spacing=grid.spacing)
             inits.append((rows, jax.tree_util.tree_map(lambda a: a[:k], ip)))
         if progress is not None:
             progress(min(c0 + s.star_chunk, len(fit_idx)), len(fit_idx))
@@ -311,22 +319,20 @@ def grid_posterior(grid: ThetaGrid, stars: StarArrays, prior=None, settings: Gri
     if n_chains > 0:
         from .engine import InitialPoints
         C = n_chains
-        ip = InitialPoints(np.full((n, C, 5), np.nan, np.float32), np.full((n, C, 5, 5), np.nan, np.float32),
-                           np.zeros((n, C), np.int32), np.zeros((n, C), np.float32), np.zeros(n, np.int32))
+        initial = InitialPoints(np.full((n, C, 5), np.nan, np.float32), np.full((n, C, 5, 5), np.nan, np.float32),
+                                np.zeros((n, C), np.int32), np.zeros((n, C), np.float32), np.zeros(n, np.int32))
         for rows, part in inits:
-            for full, p in zip(ip, part):
+            for full, p in zip(initial, part):
                 full[rows] = p
-        initial = ip
     fit = _to_fitresult(draws, draw_lw, ess, flags, source_id, grid, s)
     pts = None
     if return_points and points:
         pts = GridResult(*[np.full((n,) + a.shape[1:], np.nan if a.dtype.kind == "f" else -1, a.dtype)
-                           for a in points[0]])
-        for (rows, _), p in zip([(fit_idx[c:c + s.star_chunk], None) for c in range(0, len(fit_idx), s.star_chunk)],
-                                points):
+                           for a in points[0][1]])
+        for rows, p in points:
             for full, a in zip(pts, p):
                 full[rows] = a
-    return GridFit(fit, imgs, initial, ess, lnz, n_within, pts)
+    return GridFit(fit, imgs, initial, ess, lnz, n_points, pts)
 
 
 def _to_fitresult(draws, draw_lw, ess, flags, source_id, grid, s: GridSettings) -> FitResult:
@@ -335,13 +341,13 @@ def _to_fitresult(draws, draw_lw, ess, flags, source_id, grid, s: GridSettings) 
     names = list(PARAMETERS)
     samples = {p: draws[None, :, :, i].transpose(0, 2, 1).copy() for i, p in enumerate(names)}   # (1, D, N)
     summary = {"source_id": source_id, "flags": flags, "method": np.full(n, "grid", dtype=object)}
-    with np.errstate(invalid="ignore"), __import__("warnings").catch_warnings():
-        __import__("warnings").simplefilter("ignore", RuntimeWarning)
-        for i, p in enumerate([*names, "distance"]):
-            x = distance_from_mu(draws[..., 3]) if p == "distance" else draws[..., i]
-            q = np.nanpercentile(x, [16, 50, 84], axis=1) if n else np.zeros((3, 0))
-            for j, pc in enumerate(("p16", "p50", "p84")):
-                summary[f"{p}_{pc}"] = q[j]
+    ok = np.all(np.isfinite(draws), axis=(1, 2))          # a star's draws are all finite or all NaN
+    for i, p in enumerate([*names, "distance"]):
+        x = distance_from_mu(draws[ok, :, 3]) if p == "distance" else draws[ok, :, i]
+        q = np.full((3, n), np.nan)
+        q[:, ok] = np.percentile(x, [16, 50, 84], axis=1)
+        for j, pc in enumerate(("p16", "p50", "p84")):
+            summary[f"{p}_{pc}"] = q[j]
     summary["rhat_max"] = np.full(n, np.nan)
     summary["ess_bulk_min"] = ess.copy()
     summary["ess_tail_min"] = ess.copy()

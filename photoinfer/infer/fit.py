@@ -37,7 +37,7 @@ def fit_catalog(model, catalog, *, prior: str | InferencePrior = "bayestar", met
                 batch_size: int = 25, use_parallax: bool = True, use_position: bool = True, dust: str = "flat",
                 E_max: float | None = None, sigma_model: float = SIGMA_MODEL, max_num_doublings: int = 8,
                 ess_threshold: float = 200.0, rhat_threshold: float = 1.01, adaptation: str = "window",
-                callback=None) -> FitResult:
+                callback=None, init=None) -> FitResult:
     """Sample the posterior p(θ, μ, E | m̂, ϖ̂, l, b) (METHOD §8) of every star of ``catalog``.
 
     Parameters
@@ -69,6 +69,10 @@ def fit_catalog(model, catalog, *, prior: str | InferencePrior = "bayestar", met
         matrix, or the short three-window scheme of :mod:`photoinfer.infer.sampler`.
     callback : callable(n_done, n_total), optional
         Called after each batch (progress bars).
+    init : (z0 (N, num_chains, 5), inv_mass (N, num_chains, 5, 5)), optional
+        Given starting points (unconstrained, :func:`~photoinfer.infer.model.unconstrain`) and initial
+        inverse mass matrices per star and chain (e.g. from the grid's modes,
+        :func:`photoinfer.grid.methods.nuts_init_from_grid`) instead of the built-in initialization.
 
     Returns
     -------
@@ -110,7 +114,11 @@ def fit_catalog(model, catalog, *, prior: str | InferencePrior = "bayestar", met
         star = jax.tree_util.tree_map(lambda a: pad_to(np.asarray(a)[idx], size), inputs)
         skeys = pad_to(keys[idx], size)
         init_keys = jax.vmap(lambda kk: jax.random.fold_in(kk, 1_000_003))(jnp.asarray(skeys))
-        z0, inv_mass = initial_points(init_keys, star, x_cand, cell, arrays, prior, n_chains=C, sigma_model=sigma_model)
+        if init is None:
+            z0, inv_mass = initial_points(init_keys, star, x_cand, cell, arrays, prior, n_chains=C,
+                                          sigma_model=sigma_model)
+        else:
+            z0, inv_mass = (jnp.asarray(pad_to(np.asarray(a)[idx], size)) for a in init)
         lane_keys = jax.vmap(lambda kk: jax.vmap(lambda c: jax.random.fold_in(kk, c))(jnp.arange(C)))(jnp.asarray(skeys))
         lanes = jax.tree_util.tree_map(lambda a: jnp.repeat(jnp.asarray(a), C, axis=0), star)
         d, st = run_lanes(lane_keys.reshape(size * C, -1), z0.reshape(size * C, -1),

@@ -25,7 +25,7 @@ from .galactic import (BAYESTAR, BRUTUS, COMPONENTS, GalacticParams, component_f
 from .metallicity import (IVEZIC2008, MetallicityParams, disk_feh_mean, log_p_feh_disk, log_p_feh_halo,
                           log_prior_feh, log_prior_mu_feh, log_prior_mu_feh_sky, SkyPriorTable,
                           log_prior_mu_feh_sky_table, tabulate_mu_feh_sky)
-from .stellar import StellarPrior
+from .stellar import SmoothStellarPrior, StellarPrior
 
 __all__ = ["GalacticPrior", "make_prior",
            "GalacticParams", "BAYESTAR", "BRUTUS", "COMPONENTS", "galactic_params", "distance_pc",
@@ -35,7 +35,7 @@ __all__ = ["GalacticPrior", "make_prior",
            "MetallicityParams", "IVEZIC2008", "disk_feh_mean", "log_p_feh_disk", "log_p_feh_halo",
            "log_prior_feh", "log_prior_mu_feh", "log_prior_mu_feh_sky", "SkyPriorTable",
            "tabulate_mu_feh_sky", "log_prior_mu_feh_sky_table",
-           "StellarPrior",
+           "StellarPrior", "SmoothStellarPrior",
            "E_MAX", "log_prior_E_flat", "log_prior_E_gaussian", "log_prior_E_map", "map_informed_E_prior"]
 
 _DUST_KINDS = ("flat", "gaussian", "map")
@@ -51,7 +51,7 @@ class GalacticPrior:
     ----------
     params : GalacticParams
         Galactic model (see :func:`galactic_params`).
-    stellar : StellarPrior or None
+    stellar : SmoothStellarPrior, StellarPrior or None
         (Teff, logg | [M/H]) prior; None leaves that term out (flat).
     metallicity : MetallicityParams
     dust : {"flat", "gaussian", "map"}
@@ -67,7 +67,7 @@ class GalacticPrior:
     """
 
     params: GalacticParams = BAYESTAR
-    stellar: StellarPrior | None = None
+    stellar: SmoothStellarPrior | StellarPrior | None = None
     metallicity: MetallicityParams = IVEZIC2008
     dust: str = "flat"
     E_max: float = E_MAX
@@ -135,7 +135,8 @@ class GalacticPrior:
     __call__ = log_prior
 
 
-def make_prior(name: str | GalacticParams = "bayestar", model=None, stellar: StellarPrior | None = None,
+def make_prior(name: str | GalacticParams = "bayestar", model=None,
+               stellar: SmoothStellarPrior | StellarPrior | None = None,
                dust: str = "flat", E_max: float = E_MAX, threshold: float = 1e-2, n_dirs: int = 1024,
                **overrides) -> GalacticPrior:
     """A :class:`GalacticPrior` with the Galactic parameter set chosen by name.
@@ -144,8 +145,10 @@ def make_prior(name: str | GalacticParams = "bayestar", model=None, stellar: Ste
     ----------
     name : {"bayestar", "brutus"} or GalacticParams
     model : StellarModel, optional
-        Its validity grid gives the (Teff, logg | [M/H]) prior (unless ``stellar`` is given).
-    stellar : StellarPrior, optional
+        Its validity grid gives the (Teff, logg | [M/H]) prior (unless ``stellar`` is given): the
+        smooth :class:`SmoothStellarPrior` (a Gaussian mixture with a soft validity wall, cheap
+        gradients for HMC); pass ``stellar=StellarPrior.from_model(model)`` for the gridded one.
+    stellar : SmoothStellarPrior or StellarPrior, optional
     dust, E_max, n_dirs
         See :class:`GalacticPrior`.
     threshold : float
@@ -154,6 +157,6 @@ def make_prior(name: str | GalacticParams = "bayestar", model=None, stellar: Ste
         Galactic parameter overrides (see :func:`galactic_params`).
     """
     if stellar is None and model is not None:
-        stellar = StellarPrior.from_model(model, threshold=threshold)
+        stellar = SmoothStellarPrior.from_model(model, threshold=threshold)
     return GalacticPrior(params=galactic_params(name, **overrides), stellar=stellar, dust=dust, E_max=E_max,
                          n_dirs=n_dirs)
