@@ -42,7 +42,15 @@ B = 13
 
 
 def peak_rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # Linux: KiB
+    """This process's peak resident memory [GiB]: VmHWM (Linux), which, unlike ``ru_maxrss``, does not
+    inherit the parent's peak across fork + exec."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2 ** 20  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
 
 
 # ---------------------------------------------------------------------- data

@@ -38,6 +38,17 @@ SHARED = Path(os.environ.get("PHOTOINFER_SHARED", REPO.parent / "shared")) / "da
 TARGETS = {"AM_rms_mag": 0.01, "R_rel_rms": 0.03, "E_z_std": (0.9, 1.1)}
 
 
+def _peak_gib() -> float:
+    """Peak resident memory of this process [GiB] (VmHWM on Linux)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2 ** 20
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+
+
 def region_mask(theta_true, usable):
     """(nT, nG, nF) bool: grid nodes where the mock's true-θ density is ≥ 1e-2 of its peak."""
     from photoinfer.train.validation import validity_density
@@ -49,17 +60,32 @@ def compare(trained, truth, theta):
     """Per-component rms of ΔA·M [mag] and per-band rms of R_fit/R_true − 1 (NaN where R_true ≤ 0.1)."""
     am_t = np.asarray(trained.predict_y(theta, 0.0), float)
     am_0 = np.asarray(truth.predict_y(theta, 0.0), float)
+    compare.bias = np.mean(am_t - am_0, axis=0)
     R_t = np.asarray(trained.extinction(theta), float)
     R_0 = np.asarray(truth.extinction(theta), float)
     am_rms = np.sqrt(np.mean((am_t - am_0) ** 2, axis=0))
     rel = R_t / R_0 - 1
     big = R_0 > 0.1
+    compare.ratio = np.median(R_t / R_0, axis=0)
     r_rms = np.array([np.sqrt(np.mean(rel[big[:, b], b] ** 2)) if big[:, b].mean() > 0.5 else np.nan
                       for b in range(R_0.shape[1])])
     return am_rms, r_rms, R_0.mean(axis=0)
 
 
-def run(n=200000, seed=1, iterations=20, epochs=25, batch_size=1024, out=None):
+def scaled_errors(theta_scale: float = 1.0, parallax_scale: float = 1.0):
+    """The default mock error model with every σ_θ (floors and cuts too) and σ_ϖ multiplied by the scales."""
+    from dataclasses import replace
+
+    from photoinfer.mock_errors import DEFAULT_ERROR_MODEL as em
+    return replace(em, theta_lnmean=np.asarray(em.theta_lnmean) + np.log(theta_scale),
+                   theta_err_min=np.asarray(em.theta_err_min) * theta_scale,
+                   theta_err_max=np.asarray(em.theta_err_max) * theta_scale,
+                   plx_floor=em.plx_floor * parallax_scale, plx_c=em.plx_c + 2 * np.log(parallax_scale),
+                   source=f"{em.source}, sigma_theta x {theta_scale}, sigma_parallax x {parallax_scale}")
+
+
+def run(n=200000, seed=1, iterations=20, epochs=25, batch_size=1024, out=None, theta_error_scale=1.0,
+        save_model=None, parallax_error_scale=1.0):
     from photoinfer.evaluate import star_data, update_reddening
     from photoinfer.io.models import load_model
     from photoinfer.simulate import simulate_catalog
@@ -67,12 +93,17 @@ def run(n=200000, seed=1, iterations=20, epochs=25, batch_size=1024, out=None):
     from photoinfer.train.validation import GRID_FEH, GRID_LOGG, GRID_TEFF
     truth = load_model(SHARED / "green2020_nn_model.h5")
     t0 = time.perf_counter()
-    cat = simulate_catalog(truth, n, seed)
+    em = (None if theta_error_scale == 1.0 and parallax_error_scale == 1.0
+          else scaled_errors(theta_error_scale, parallax_error_scale))
+    cat = simulate_catalog(truth, n, seed, error_model=em)
     t_sim = time.perf_counter() - t0
     cfg = TrainConfig(iterations=iterations, epochs=epochs, batch_size=batch_size, seed=seed)
     t0 = time.perf_counter()
     model, hist = train(cat, cfg)
     t_train = time.perf_counter() - t0
+    if save_model:
+        from photoinfer.io.models import save_model as _save
+        _save(model, save_model)
     th_true = np.column_stack([cat.extra[k] for k in ("true_teff", "true_logg", "true_feh")])
     mask, _ = region_mask(th_true, hist.usable)
     held = hist.usable & (hist.split != 0)
@@ -84,28 +115,44 @@ def run(n=200000, seed=1, iterations=20, epochs=25, batch_size=1024, out=None):
     in_region = mask[idx[:, 0], idx[:, 1], idx[:, 2]]
     stars = th_true[held & in_region].astype(np.float32)
     am_s, r_s, R_mean = compare(model, truth, stars)
+    am_bias, r_ratio = compare.bias, compare.ratio
     am_n, r_n, _ = compare(model, truth, nodes)
     # reddening z-scores of held-out stars with the trained model
     sub = cat.subset(held)
     E_fit, var = update_reddening(model, star_data(sub))
     z = (E_fit - sub.extra["true_E"]) / np.sqrt(var)
+    # the same without the released clipping of σ_E (floor 0.02² + (0.1 E)²)
+    from photoinfer import likelihood as lik
+    import jax
+    import jax.numpy as jnp
+    med, std = jnp.asarray(model.theta_med, jnp.float32), jnp.asarray(model.theta_std, jnp.float32)
+    E_u, var_u = jax.jit(jax.vmap(lambda s: lik.star_reddening_update(model.params, med, std, s, clip=False)))(
+        star_data(sub))
+    z_u = (np.asarray(E_u) - sub.extra["true_E"]) / np.sqrt(np.asarray(var_u))
+    sig_th = np.sqrt(np.diagonal(cat.theta_cov[hist.usable], axis1=1, axis2=2))
     bands = list(truth.bands.names)
     comp = ["M_G"] + [f"{b}-G" for b in bands[1:]]
     res = {
         "command": f"python benchmarks/truth_recovery.py --n {n} --seed {seed} --iterations {iterations} "
-                   f"--epochs {epochs} --batch-size {batch_size}",
+                   f"--epochs {epochs} --batch-size {batch_size} --theta-error-scale {theta_error_scale} "
+                   f"--parallax-error-scale {parallax_error_scale}",
+        "theta_error_scale": theta_error_scale, "parallax_error_scale": parallax_error_scale,
+        "theta_err_median": np.median(sig_th, axis=0).tolist(),
         "n": n, "n_usable": int(hist.usable.sum()), "seed": seed, "simulate_seconds": t_sim,
         "train_seconds": t_train, "final_train_loss": hist.epochs[-1]["train_loss"],
         "final_val_loss": hist.epochs[-1]["val_loss"], "frac_cut_last": hist.iterations[-1]["frac_cut"],
         "region_nodes": int(mask.sum()), "held_out_stars_in_region": int(len(stars)),
         "frac_held_out_in_region": float(in_region[held].mean()),
-        "AM_rms_mag_stars": dict(zip(comp, am_s.tolist())), "AM_rms_mag_nodes": dict(zip(comp, am_n.tolist())),
+        "AM_rms_mag_stars": dict(zip(comp, am_s.tolist())), "AM_mean_diff_mag_stars": dict(zip(comp, am_bias.tolist())), "AM_rms_mag_nodes": dict(zip(comp, am_n.tolist())),
         "R_true_mean": dict(zip(bands, R_mean.tolist())),
+        "R_ratio_median_stars": dict(zip(bands, r_ratio.tolist())),
         "R_rel_rms_stars": {b: v for b, v in zip(bands, r_s.tolist()) if np.isfinite(v)},
         "R_rel_rms_nodes": {b: v for b, v in zip(bands, r_n.tolist()) if np.isfinite(v)},
         "E_z_mean": float(np.mean(z)), "E_z_std": float(np.std(z)), "E_z_n": int(len(z)),
         "E_z_std_robust": float((np.quantile(z, 0.84) - np.quantile(z, 0.16)) / 2),
-        "targets": TARGETS, "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20,
+        "E_z_unclipped_mean": float(np.mean(z_u)), "E_z_unclipped_std": float(np.std(z_u)),
+        "E_z_unclipped_std_robust": float((np.quantile(z_u, 0.84) - np.quantile(z_u, 0.16)) / 2),
+        "targets": TARGETS, "peak_rss_gib": _peak_gib(),
     }
     res["pass_stars"] = {"AM": bool(np.max(am_s) <= 0.01), "R": bool(np.nanmax(r_s) <= 0.03),
                          "E_z": bool(0.9 <= res["E_z_std"] <= 1.1)}
@@ -122,9 +169,19 @@ def main(argv=None):
     p.add_argument("--iterations", type=int, default=20)
     p.add_argument("--epochs", type=int, default=25)
     p.add_argument("--batch-size", type=int, default=1024)
-    p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "truth_recovery.json"))
+    p.add_argument("--theta-error-scale", type=float, default=1.0,
+                   help="multiply the mock's θ errors (default 1: the real sample's); 0.1 isolates the fit from "
+                        "the errors-in-variables bias of training on measured θ")
+    p.add_argument("--parallax-error-scale", type=float, default=1.0,
+                   help="multiply the mock's parallax errors (default 1: the real sample's)")
+    p.add_argument("--save-model", default=None, metavar="PATH", help="also write the trained model here")
+    p.add_argument("--out", default=None, help="default benchmarks/results/truth_recovery[_thetaerrX].json")
     a = p.parse_args(argv)
-    print(json.dumps(run(a.n, a.seed, a.iterations, a.epochs, a.batch_size, a.out), indent=1))
+    tag = "".join(f"_{k}{v:g}" for k, v in (("thetaerr", a.theta_error_scale), ("plxerr", a.parallax_error_scale))
+                  if v != 1.0)
+    out = a.out or str(REPO / "benchmarks" / "results" / f"truth_recovery{tag}.json")
+    print(json.dumps(run(a.n, a.seed, a.iterations, a.epochs, a.batch_size, out, a.theta_error_scale, a.save_model,
+                         a.parallax_error_scale), indent=1))
 
 
 if __name__ == "__main__":

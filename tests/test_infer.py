@@ -166,7 +166,7 @@ def test_cli_fit_tiny(tmp_path, released_model):
     write_catalog(cat, tmp_path / "in.parquet")
     rc = main(["-q", "fit", "--catalog", str(tmp_path / "in.parquet"), "--out", str(tmp_path / "out"), "--model",
                str(RELEASED_MODEL), "--num-warmup", str(W), "--num-samples", str(S), "--num-chains", "2",
-               "--batch-size", "2"])
+               "--batch-size", "2", "--method", "nuts"])
     assert rc == 0
     t = read_table(tmp_path / "out" / "summary.parquet")
     assert len(t["source_id"]) == 2 and (tmp_path / "out" / "posterior.nc").exists()

@@ -10,14 +10,14 @@ distance modulus mu, reddening E) given its magnitudes, its parallax when there 
 S/N, negative included) and a Galactic prior (position-free when the catalog has no l, b).
 Methods (--method):
   nuts       each star gets its own NUTS chains (default 4), started in every plausible mode
-             (dwarf and giant) found on a coarse grid (the default)
+             (dwarf and giant) found on a coarse grid
   grid       brute-force grid posterior (a theta grid over the model's region of validity, mu and
              E solved in closed form, parallax and priors weighed exactly): far faster than
              NUTS (docs/grid.md); theta is resolved to the grid spacing (--grid fine: 50 K,
              0.05 dex, 0.1 dex)
   grid+nuts  the grid for every star, then NUTS only where the grid's effective sample size is
              below --min-grid-ess (or for every star with --exact), its chains started in every
-             mode the grid found
+             mode the grid found (the default)
 
 Writes, in --out:
   summary.parquet  one row per input star: source_id, flags, 16/50/84 % of each parameter
@@ -47,8 +47,8 @@ def add_arguments(p) -> None:
     p.add_argument("--catalog", required=True, metavar="PATH",
                    help="input catalog (.parquet/.fits/.csv with the documented columns, or the released .h5 sample)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
-    p.add_argument("--method", choices=("nuts", "grid", "grid+nuts"), default="nuts",
-                   help="fitting method (default: nuts; see above)")
+    p.add_argument("--method", choices=("nuts", "grid", "grid+nuts"), default="grid+nuts",
+                   help="fitting method (default: grid+nuts; see above)")
     p.add_argument("--grid", default="fine", choices=("fine", "coarse"),
                    help="theta grid of the grid methods (default fine)")
     p.add_argument("--min-grid-ess", type=float, default=200.0, metavar="X",

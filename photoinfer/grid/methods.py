@@ -74,14 +74,15 @@ def _prior(model, name, dust, E_max):
     return _PRIOR_CACHE[key][1]
 
 
-def _grid(model, spacing):
+def _grid(model, spacing, stellar):
+    """The θ grid (with the prior's own (Teff, logg | [M/H]) term) and its device arrays, cached."""
     from .engine import grid_arrays, make_theta_grid
-    key = (id(model), spacing if isinstance(spacing, str) else tuple(spacing))
+    key = (id(model), spacing if isinstance(spacing, str) else tuple(spacing), id(stellar))
     if key not in _GRID_CACHE:
-        g = make_theta_grid(model, spacing)
+        g = make_theta_grid(model, spacing, stellar_prior=stellar)
         _GRID_CACHE.clear()
-        _GRID_CACHE[key] = (model, g, grid_arrays(g))
-    return _GRID_CACHE[key][1:]
+        _GRID_CACHE[key] = (model, stellar, g, grid_arrays(g))
+    return _GRID_CACHE[key][2:]
 
 
 def _grid_fit(model, catalog, gal_prior, *, spacing, settings, seed, images, n_chains, use_parallax, use_position):
@@ -89,7 +90,7 @@ def _grid_fit(model, catalog, gal_prior, *, spacing, settings, seed, images, n_c
 
     from .engine import star_arrays
     from .posterior import grid_posterior
-    grid, arrays = _grid(model, spacing)
+    grid, arrays = _grid(model, spacing, gal_prior.stellar)
     has_lb = np.isfinite(catalog.l) & np.isfinite(catalog.b)
     position_free = (not use_position) or not has_lb.all()
     if use_position and has_lb.any() and not has_lb.all():

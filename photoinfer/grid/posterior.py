@@ -12,10 +12,12 @@ and only the 1-D integral over μ remains::
 
     w_g = p(θ_g) ∫ (P1) · N(ϖ̂ | ϖ(μ), σ_ϖ²) · p(μ, [M/H]_g | l, b) dμ                          (P2)
 
-(P2) is estimated by importance sampling with S stratified draws per point from a Gaussian
-proposal q(μ): the photometric μ-marginal conditioned on the parallax linearized at the current
+(P2) and the sum over grid points are estimated together by importance sampling: ``keep`` grid
+points per star are drawn by systematic sampling from the Laplace weights
+(:func:`~photoinfer.grid.engine.approximate_log_weight`, probability q_g), and S stratified μ draws
+per drawn point from a Gaussian proposal q(μ): the photometric μ-marginal conditioned on the parallax linearized at the current
 mean (two Gauss–Newton steps), widened by ``inflate`` (default 1.5), moved to the E = 0 edge when
-the mean has E < 0.  Every draw carries its exact weight (P1)·N(ϖ̂|ϖ(μ))·p(μ, [M/H])·p(θ)/q(μ):
+the mean has E < 0.  Every draw carries its exact weight (P1)·N(ϖ̂|ϖ(μ))·p(μ, [M/H])·p(θ)/(q_g q(μ)):
 nothing is linearized in the weights, so the estimate is unbiased, and the parallax likelihood
 stays exact at any S/N, negative parallaxes included.  Why importance sampling rather than a
 (μ, E) sub-grid: E needs no grid at all (P1), and a fixed μ sub-grid would have to resolve both the
@@ -339,13 +341,13 @@ def _to_fitresult(draws, draw_lw, ess, flags, source_id, grid, s: GridSettings) 
     names = list(PARAMETERS)
     samples = {p: draws[None, :, :, i].transpose(0, 2, 1).copy() for i, p in enumerate(names)}   # (1, D, N)
     summary = {"source_id": source_id, "flags": flags, "method": np.full(n, "grid", dtype=object)}
-    with np.errstate(invalid="ignore"), __import__("warnings").catch_warnings():
-        __import__("warnings").simplefilter("ignore", RuntimeWarning)
-        for i, p in enumerate([*names, "distance"]):
-            x = distance_from_mu(draws[..., 3]) if p == "distance" else draws[..., i]
-            q = np.nanpercentile(x, [16, 50, 84], axis=1) if n else np.zeros((3, 0))
-            for j, pc in enumerate(("p16", "p50", "p84")):
-                summary[f"{p}_{pc}"] = q[j]
+    ok = np.all(np.isfinite(draws), axis=(1, 2))          # a star's draws are all finite or all NaN
+    for i, p in enumerate([*names, "distance"]):
+        x = distance_from_mu(draws[ok, :, 3]) if p == "distance" else draws[ok, :, i]
+        q = np.full((3, n), np.nan)
+        q[:, ok] = np.percentile(x, [16, 50, 84], axis=1)
+        for j, pc in enumerate(("p16", "p50", "p84")):
+            summary[f"{p}_{pc}"] = q[j]
     summary["rhat_max"] = np.full(n, np.nan)
     summary["ess_bulk_min"] = ess.copy()
     summary["ess_tail_min"] = ess.copy()

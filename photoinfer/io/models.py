@@ -49,7 +49,11 @@ RELEASED_MODEL_SHA256 = "03fea751ac4b271bc4c61cfb5ecac3eea74cd3666ceeb9fe842a17a
 
 def default_model_path() -> Path:
     """Path of the model shipped in ``photoinfer/data`` (trained by photoinfer; see data/README.md)."""
-    return Path(str(resources.files("photoinfer.data").joinpath("photoinfer_default_model.h5")))
+    name = "photoinfer_default_model.h5"
+    try:  # installed: data/ is shipped as the package photoinfer.data
+        return Path(str(resources.files("photoinfer.data").joinpath(name)))
+    except ModuleNotFoundError:  # a source checkout on PYTHONPATH: data/ beside photoinfer/
+        return Path(__file__).resolve().parents[2] / "data" / name
 
 
 def _is_keras(f: h5py.File) -> bool:

@@ -15,7 +15,6 @@ import numpy as np
 import optax
 
 from .. import __version__
-from .. import likelihood as lik
 from ..catalog import TRAINING_UNUSABLE, Catalog
 from ..evaluate import star_data
 from ..model import StellarModel, network
