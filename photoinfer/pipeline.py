@@ -9,8 +9,8 @@ The one module that mixes I/O and numerics.  Flow (docs/pipeline.md)::
 
 ``fit_fn(model, catalog, *, seed, **fit_settings) -> FitResult`` is any fitting method
 (normally :func:`method_fit_fn`: grid, NUTS or grid+nuts).  It always receives
-exactly ``batch_size`` stars (the pipeline pads with copies of the batch's first star, which it
-then drops), so a jitted sampler compiles once per process.  Nothing here is device-specific: the
+exactly ``batch_size`` stars (the pipeline pads with copies of the batch's first star, flagged
+unusable, which it then drops), so a jitted sampler compiles once per process.  Nothing here is device-specific: the
 same code runs on a GPU when JAX sees one.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .catalog import Catalog, Flag
+from .catalog import INFERENCE_UNUSABLE, Catalog, Flag
 from .fitresult import SUMMARY_COLUMNS, FitResult
 from .io import pixel_products as pp
 from .pixels import NO_PIXEL, Unit, batch_seed, nside_to_order, pixel_name, plan_units
@@ -327,8 +327,9 @@ def run_unit(unit: Unit, source, model, fit_fn, config: PipelineConfig, out, mod
         idx = np.concatenate([rows[s.pixel][s.start:s.stop] for s in batch])
         n = len(idx)
         sub = cat.subset(_pad_index(idx, config.batch_size))
-        if n < config.batch_size:
-            sub.source_id[n:] = -1 - np.arange(config.batch_size - n)   # unique ids for the padding
+        if n < config.batch_size:      # padding: unique ids, and unusable so that no sampler refits it
+            sub.source_id[n:] = -1 - np.arange(config.batch_size - n)
+            sub.flags[n:] |= int(INFERENCE_UNUSABLE)
         s = batch_seed(config.seed, batch[0])
         res = fit_fn(model, sub, seed=s, **kwargs)
         if len(res) != config.batch_size or not np.array_equal(np.asarray(res.source_id)[:n], cat.source_id[idx]):
