@@ -35,6 +35,7 @@ class Flag(enum.IntFlag):
     OUTSIDE_VALIDITY = 512   #: (inference) posterior mostly outside the model's region of validity
     NOT_CONVERGED = 1024     #: (inference) r̂ or ESS below threshold
     FIT_FAILED = 2048        #: (inference/evaluation) non-finite result
+    MULTIMODAL = 4096        #: (inference) no mode holds 99 % of the grid posterior: chains seeded in several modes
 
     @classmethod
     def describe(cls, value: int) -> str:
