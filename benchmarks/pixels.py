@@ -43,7 +43,7 @@ def main():
     import numpy as np
     from photoinfer.io.catalogs import write_catalog
     from photoinfer.io.models import load_model
-    from photoinfer.pipeline import PipelineConfig, grid_fit_fn, run_pipeline
+    from photoinfer.pipeline import PipelineConfig, method_fit_fn, run_pipeline
     from photoinfer.simulate import Cone, simulate_catalog
 
     work = Path(a.tmp or tempfile.mkdtemp(prefix="pixels_bench_"))
@@ -54,10 +54,10 @@ def main():
     path = write_catalog(cat, work / "mock.parquet")
     t_mock = time.perf_counter() - t
     if a.method == "grid":
-        fit, settings = grid_fit_fn, {"spacing": a.spacing, "n_draws": a.n_draws, "keep": a.keep}
+        settings = {"method": "grid", "grid": a.spacing, "grid_settings": {"n_draws": a.n_draws, "keep": a.keep}}
     else:
-        from photoinfer.infer import fit_catalog as fit
-        settings = {"num_warmup": a.num_warmup, "num_samples": a.num_samples, "num_chains": a.num_chains}
+        settings = {"method": "nuts", "num_warmup": a.num_warmup, "num_samples": a.num_samples,
+                    "num_chains": a.num_chains, "batch_size": min(a.batch_size, 25)}
     config = PipelineConfig(nside=a.nside, batch_size=a.batch_size, seed=1, method=a.method, fit_settings=settings,
                             write_samples=a.samples, quicklook=True)
     runs = []
@@ -65,7 +65,7 @@ def main():
         out = work / f"out_w{k}"
         shutil.rmtree(out, ignore_errors=True)
         t = time.perf_counter()
-        rep = run_pipeline(model, path, out, fit, config, workers=k)
+        rep = run_pipeline(model, path, out, method_fit_fn, config, workers=k)
         dt = time.perf_counter() - t
         size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
         runs.append({"workers": k, "scheduler": "serial" if k == 1 else "dask LocalCluster processes",

@@ -25,16 +25,16 @@ def main():
     from photoinfer.io.models import load_model
     from photoinfer.io.pixel_products import read_images
     from photoinfer.io.tables import read_table
-    from photoinfer.pipeline import PipelineConfig, grid_fit_fn, read_summaries, run_pipeline
+    from photoinfer.pipeline import PipelineConfig, method_fit_fn, read_summaries, run_pipeline
     from photoinfer.sightline import locate_step
     from photoinfer.simulate import Cone, simulate_catalog
 
     model = load_model(a.model)
     cat = simulate_catalog(model, a.n, 1, photometry_only=True, sky=Cone(90.0, 10.0, 8.0), dust_screen=(11.0, 1.0))
     config = PipelineConfig(nside=a.nside, batch_size=64, seed=1, method="grid", write_samples=False,
-                            fit_settings=dict(spacing="coarse", n_draws=300, keep=512))
+                            fit_settings=dict(method="grid", grid="coarse", grid_settings=dict(n_draws=300, keep=512)))
     t0 = time.perf_counter()
-    report = run_pipeline(model, cat, a.out, grid_fit_fn, config, workers=a.workers)
+    report = run_pipeline(model, cat, a.out, method_fit_fn, config, workers=a.workers)
     dt = time.perf_counter() - t0
     print(f"{report.n_stars} stars in {report.n_pixels} pixels: {report.pixels_done} fit, "
           f"{report.pixels_skipped} skipped, {dt:.1f} s, {report.stars_fit / dt:.1f} stars/s")

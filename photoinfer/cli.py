@@ -9,7 +9,7 @@ import sys
 from . import __version__
 
 #: Subcommands, each a module ``photoinfer.commands.<name>`` with HELP, DESCRIPTION, add_arguments(), run().
-COMMANDS = ("predict", "evaluate", "info", "simulate", "train", "fit", "pixels", "partition")
+COMMANDS = ("predict", "evaluate", "info", "simulate", "train", "fit", "partition")
 
 DESCRIPTION = """\
 photoinfer: data-driven stellar models (Green et al. 2021) and Bayesian inference of

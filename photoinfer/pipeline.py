@@ -8,7 +8,7 @@ The one module that mixes I/O and numerics.  Flow (docs/pipeline.md)::
              → per pixel: summary.parquet, images.h5, posterior.nc, quicklook.png, manifest.json (last)
 
 ``fit_fn(model, catalog, *, seed, **fit_settings) -> FitResult`` is any fitting method
-(``photoinfer.infer.fit_catalog`` for NUTS, the grid's for brute force).  It always receives
+(normally :func:`method_fit_fn`: grid, NUTS or grid+nuts).  It always receives
 exactly ``batch_size`` stars (the pipeline pads with copies of the batch's first star, which it
 then drops), so a jitted sampler compiles once per process.  Nothing here is device-specific: the
 same code runs on a GPU when JAX sees one.
@@ -33,7 +33,7 @@ from .pixels import NO_PIXEL, Unit, batch_seed, nside_to_order, pixel_name, plan
 from .sightline import DEFAULT_GRID, DEFAULT_SMOOTH, ImageGrid, images_from_draws, median_profile, quantize
 
 __all__ = ["PipelineConfig", "RunReport", "run_pipeline", "run_unit", "model_hash", "input_hash",
-           "read_summaries", "take_result", "concat_results", "pixel_images", "grid_fit_fn"]
+           "read_summaries", "take_result", "concat_results", "pixel_images", "method_fit_fn"]
 
 log = logging.getLogger(__name__)
 
@@ -159,46 +159,35 @@ def concat_results(parts: list[FitResult]) -> FitResult:
                    flags=np.concatenate([p.flags for p in parts]), attrs=attrs)
 
 
-# ---------------------------------------------------------------------- fit functions
-_GRID_CACHE: dict = {}
+# ---------------------------------------------------------------------- the fit function
+def method_fit_fn(model, catalog, *, seed: int, method: str = "grid", image_grid: ImageGrid | None = DEFAULT_GRID,
+                  grid_settings: dict | None = None, **kwargs) -> FitResult:
+    """:func:`photoinfer.grid.methods.fit_with_method` (grid, nuts or grid+nuts) as a pipeline ``fit_fn``.
 
-
-def grid_fit_fn(model, catalog, *, seed: int, spacing: str = "fine", prior: str = "bayestar", dust: str = "flat",
-                image_grid: ImageGrid | None = DEFAULT_GRID, **grid_settings) -> FitResult:
-    """The grid method (:func:`photoinfer.grid.posterior.grid_fit`) as a pipeline ``fit_fn``.
-
-    Builds the θ grid and the prior once per process and model.  Stars without (l, b) use the
-    position-free prior (the pipeline never mixes them with positioned stars in a batch).  With
-    ``image_grid``, the grid's own (μ, E) images (mass per bin, from every weighted grid sample)
-    are returned as densities in ``attrs["mu_E_images"] = (images, image_grid)``.
+    With a grid method and ``image_grid``, the grid's own (μ, E) images (posterior mass per bin,
+    from every weighted grid sample) are returned as densities in
+    ``attrs["mu_E_images"] = (images, image_grid)``; NUTS draws are binned by :func:`pixel_images`.
+    Stars without (l, b) use the position-free prior (the pipeline never mixes them with
+    positioned stars in a batch).
 
     Parameters
     ----------
-    spacing : θ grid preset ("fine", "coarse"); prior : Galactic parameter set or "none" (flat);
-    dust : E prior ("flat", "gaussian", "map"); grid_settings : fields of
-    :class:`photoinfer.grid.posterior.GridSettings` (keep, n_mu, n_draws, ...)
+    method : {"grid", "nuts", "grid+nuts"}
+    grid_settings : fields of :class:`photoinfer.grid.posterior.GridSettings` (keep, n_draws, ...)
+    kwargs : the other arguments of ``fit_with_method`` (prior, dust, grid, num_warmup, batch_size, ...)
     """
-    from .grid import make_theta_grid
-    from .grid.posterior import GridSettings, ImageBins, grid_fit
-    key = (id(model), spacing, prior, dust)
-    if key not in _GRID_CACHE:
-        from .priors import make_prior
-        _GRID_CACHE.clear()
-        _GRID_CACHE[key] = (model, make_theta_grid(model, spacing),
-                            None if prior == "none" else make_prior(prior, dust=dust))
-    _, theta_grid, gal_prior = _GRID_CACHE[key]
-    no_pos = ~(np.isfinite(catalog.l) & np.isfinite(catalog.b))
-    settings = GridSettings(**grid_settings, position_free=bool(no_pos.any()) and gal_prior is not None)
-    bins = None if image_grid is None else ImageBins(*image_grid.to_dict().values())
-    gf = grid_fit(model, catalog, gal_prior, settings=settings, seed=seed, images=bins, grid=theta_grid)
-    res = gf.fit
-    if bins is not None:
-        res.attrs["mu_E_images"] = (gf.images / np.float32(image_grid.d_mu * image_grid.d_E), image_grid)
+    from .grid.methods import fit_with_method
+    from .grid.posterior import GridSettings, ImageBins
+    bins = None if image_grid is None or method == "nuts" else ImageBins(*image_grid.to_dict().values())
+    gs = GridSettings(**grid_settings) if grid_settings else None
+    res, images = fit_with_method(model, catalog, method, seed=seed, images=bins, grid_settings=gs, **kwargs)
+    if images is not None:
+        res.attrs["mu_E_images"] = (np.asarray(images) / np.float32(image_grid.d_mu * image_grid.d_E), image_grid)
     return res
 
 
 #: The pipeline passes ``image_grid=config.grid`` to fit functions with this attribute.
-grid_fit_fn.wants_image_grid = True
+method_fit_fn.wants_image_grid = True
 
 
 # ---------------------------------------------------------------------- images
@@ -207,17 +196,22 @@ def pixel_images(result: FitResult, grid: ImageGrid, smooth) -> tuple[np.ndarray
 
     A fitting method that computes images itself (the grid) puts them in
     ``result.attrs["mu_E_images"] = (images, grid)``; they are used when their grid equals
-    ``grid``.  Otherwise the images are 2-D histograms of the (μ, E) draws of all chains with a
+    ``grid`` (except for stars whose summary ``method`` is "nuts": grid+nuts refits).  Otherwise
+    the images are 2-D histograms of the (μ, E) draws of all chains with a
     Gaussian smoothing of ``smooth`` bins (:func:`photoinfer.sightline.images_from_draws`).
     """
     given = result.attrs.get("mu_E_images")
     mu = np.asarray(result.samples["mu"]).reshape(-1, len(result))
     E = np.asarray(result.samples["E"]).reshape(-1, len(result))
-    if given is not None and given[1] == grid:
-        frac = _frac_outside(mu, E, grid)
-        return np.asarray(given[0], np.float32), frac, result.method
-    images, frac = images_from_draws(mu, E, grid, smooth)
-    return images, frac, f"{result.method}-histogram"
+    if given is None or given[1] != grid:
+        images, frac = images_from_draws(mu, E, grid, smooth)
+        return images, frac, f"{result.method}-histogram"
+    images, frac = np.array(given[0], np.float32), _frac_outside(mu, E, grid)
+    nuts = np.flatnonzero(np.asarray(result.summary.get("method", ())) == "nuts")    # grid+nuts: refit stars
+    if len(nuts):
+        images[nuts] = images_from_draws(mu[:, nuts], E[:, nuts], grid, smooth)[0]
+        return images, frac, "grid,nuts-histogram"
+    return images, frac, result.method
 
 
 def _frac_outside(mu, E, grid: ImageGrid) -> np.ndarray:
@@ -383,6 +377,7 @@ def run_pipeline(model, source, out, fit_fn, config: PipelineConfig, *, pixels=N
     workers : number of Dask workers (processes) or threads
     retries : times Dask resubmits a unit whose worker died
     merge : after the run, write ``OUT/nside{N}/summary.parquet`` with every finished pixel's rows
+    progress : show a progress bar (stars in finished units) on stderr
 
     Returns
     -------
@@ -411,11 +406,15 @@ def run_pipeline(model, source, out, fit_fn, config: PipelineConfig, *, pixels=N
                    "pixel_counts": {str(k): v for k, v in sorted(counts.items())}},
                   out / f"nside{config.nside}" / "run.json")
     args = (src, model, fit_fn, config, str(out), mod_hash, set_hash)
-    for rec in _execute(units, args, scheduler, workers, retries, progress):
-        report.units.append(rec)
-        report.pixels_done += len(rec["done"])
-        report.pixels_skipped += len(rec["skipped"])
-        report.stars_fit += rec["stars_fit"]
+    from tqdm import tqdm
+    sizes = {u.key: u.n_stars for u in units}
+    with tqdm(total=report.n_stars, unit="star", disable=not progress) as bar:
+        for rec in _execute(units, args, scheduler, workers, retries):
+            report.units.append(rec)
+            report.pixels_done += len(rec["done"])
+            report.pixels_skipped += len(rec["skipped"])
+            report.stars_fit += rec["stars_fit"]
+            bar.update(sizes[rec["unit"]])
     if merge:
         cols = read_summaries(out, config.nside)
         if cols is not None:
@@ -427,7 +426,7 @@ def run_pipeline(model, source, out, fit_fn, config: PipelineConfig, *, pixels=N
     return report
 
 
-def _execute(units, args, scheduler, workers, retries, progress):
+def _execute(units, args, scheduler, workers, retries):
     """Run the units serially or on Dask; yields each unit's record as it finishes."""
     if (scheduler in (None, "serial", "none")) and workers <= 1:
         for u in units:

@@ -55,3 +55,19 @@ def green2020_dir() -> Path:
 def released_h5(green2020_dir) -> Path:
     """Path of the released Keras HDF5 model (read-only; never copied into the repository)."""
     return RELEASED_MODEL
+
+
+def pytest_configure(config):
+    """A persistent JAX compilation cache for this session, its subprocesses and Dask workers.
+
+    In ``.pytest_cache/d/jax-compilation-cache`` (every entry kept), so a pipeline restarted in a
+    subprocess loads what the test process compiled instead of compiling again.  Compiled code is
+    the same either way.  ``PHOTOINFER_TEST_JAX_CACHE=0`` turns it off; an explicit
+    ``JAX_COMPILATION_CACHE_DIR`` wins.
+    """
+    cache = getattr(config, "cache", None)
+    if os.environ.get("PHOTOINFER_TEST_JAX_CACHE", "1") == "0" or cache is None:
+        return
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(cache.mkdir("jax-compilation-cache")))
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")

@@ -1,106 +1,94 @@
-"""Helpers for the pipeline tests: a deterministic stand-in fit function and a runnable entry point.
+"""Helpers of the pixel-pipeline checks: the ``photoinfer fit --nside`` command line of the tests, and
+SIGKILL/restart of it in a subprocess.
 
-``fake_fit`` is a test double of a fitting method for the orchestration tests (resume, kill,
-Dask): its draws are a deterministic function of (seed, position in the batch, the star's truth
-columns), like a real sampler's, and it sleeps ``delay`` seconds per call so a run can be killed
-in the middle.  The physics tests use the real grid method.
-
-Run as a script (the kill test starts it as a subprocess)::
-
-    python tests/pipeline_runner.py CATALOG OUT --nside 2 --batch-size 16 [--method fake|grid] [--delay S]
+Used by tests/test_pipeline.py (600 stars) and benchmarks/pixels_restart.py (20,000 stars).
+:func:`fit_argv` is the command line (real grid method, coarse θ grid); :func:`setup` gives the
+same fit function and :class:`~photoinfer.pipeline.PipelineConfig` for an in-process run, built by
+the command's own code, so a run in the test process and one in a subprocess are comparable.
+:func:`kill_restart` starts the command, SIGKILLs it after a random number of finished pixels
+(twice), checks that every manifest then lists complete files, and runs it to the end.
 """
 from __future__ import annotations
 
-import argparse
+import os
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
+REPO = Path(__file__).resolve().parents[1]
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from photoinfer.fitresult import PARAMETERS, SUMMARY_COLUMNS, FitResult, distance_from_mu  # noqa: E402
-
-
-def fake_fit(model, catalog, *, seed, n_draws=100, delay=0.0):
-    """(1, n_draws, N) draws around the catalog's true μ, E (extra columns true_mu, true_E)."""
-    if delay:
-        time.sleep(delay)
-    n = len(catalog)
-    rng = np.random.default_rng([int(seed), n])
-    mu0 = np.asarray(catalog.extra.get("true_mu", np.full(n, 10.0)), np.float64)
-    E0 = np.asarray(catalog.extra.get("true_E", np.full(n, 0.5)), np.float64)
-    draws = {"teff": 5000 + 100 * rng.normal(size=(1, n_draws, n)),
-             "logg": 4 + 0.1 * rng.normal(size=(1, n_draws, n)),
-             "feh": 0.1 * rng.normal(size=(1, n_draws, n)),
-             "mu": mu0 + 0.2 * rng.normal(size=(1, n_draws, n)),
-             "E": np.abs(E0 + 0.05 * rng.normal(size=(1, n_draws, n)))}
-    summary = {"source_id": catalog.source_id.copy(), "flags": catalog.flags.copy(),
-               "method": np.full(n, "fake", dtype=object)}
-    for p in (*PARAMETERS, "distance"):
-        x = distance_from_mu(draws["mu"]) if p == "distance" else draws[p]
-        q = np.percentile(x.reshape(-1, n), [16, 50, 84], axis=0)
-        for j, pc in enumerate(("p16", "p50", "p84")):
-            summary[f"{p}_{pc}"] = q[j]
-    for c in ("rhat_max", "ess_bulk_min", "ess_tail_min", "frac_outside_validity"):
-        summary[c] = np.full(n, np.nan)
-    summary["n_divergent"] = np.zeros(n, np.int64)
-    summary = {c: summary[c] for c in SUMMARY_COLUMNS}
-    return FitResult(source_id=catalog.source_id.copy(), samples=draws, sample_stats={}, summary=summary,
-                     flags=catalog.flags.copy(), method="fake")
+#: A coarse (μ, E) image grid for the fast tests (the benchmark uses the default 120 × 700).
+SMALL_IMAGES = "4,19,30,0,7,70"
 
 
-class TinyModel:
-    """Enough of a StellarModel for the pipeline with ``fake_fit`` (hashing, bands)."""
-
-    def __init__(self):
-        from photoinfer.conventions import DEFAULT_BANDS
-        self.bands = DEFAULT_BANDS
-        self.params = {"w": np.arange(3.0)}
-        self.theta_med = np.zeros(3)
-        self.theta_std = np.ones(3)
+def fit_argv(catalog, out, *, nside, batch_size, seed, model, keep=256, n_draws=200, image_grid=SMALL_IMAGES,
+             samples=False, quicklook=False, workers=1) -> list[str]:
+    """``photoinfer fit --nside`` arguments with the grid method on the coarse θ grid."""
+    argv = ["fit", "--catalog", str(catalog), "--out", str(out), "--model", str(model), "--nside", str(nside),
+            "--method", "grid", "--grid", "coarse", "--keep", str(keep), "--num-draws", str(n_draws),
+            "--batch-size", str(batch_size), "--seed", str(seed), "--image-grid", image_grid, "--workers", str(workers)]
+    return argv + ([] if samples else ["--no-posterior"]) + ([] if quicklook else ["--no-quicklook"])
 
 
-def mock_catalog(n, seed, n_nopos=0):
-    """Random sky positions, true μ/E columns and photometry (values only matter to the hashes)."""
-    from photoinfer.catalog import Catalog
-    from photoinfer.conventions import DEFAULT_BANDS
-    rng = np.random.default_rng(seed)
-    l = rng.uniform(0, 360, n)
-    b = np.rad2deg(np.arcsin(rng.uniform(-1, 1, n)))
-    l[:n_nopos] = np.nan
-    b[:n_nopos] = np.nan
-    mag = rng.uniform(12, 18, (n, len(DEFAULT_BANDS)))
-    return Catalog.from_arrays(mag, np.full_like(mag, 0.03), bands=DEFAULT_BANDS,
-                               source_id=1000 + rng.permutation(10 * n)[:n], l=l, b=b,
-                               extra={"true_mu": rng.uniform(6, 16, n), "true_E": rng.uniform(0, 2, n)})
+def setup(argv) -> tuple:
+    """(fit_fn, PipelineConfig) that ``photoinfer`` + ``argv`` would run."""
+    from photoinfer.cli import build_parser
+    from photoinfer.commands.pipeline_options import pipeline_setup
+    return pipeline_setup(build_parser().parse_args(argv))
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser()
-    ap.add_argument("catalog")
-    ap.add_argument("out")
-    ap.add_argument("--nside", type=int, default=2)
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--seed", type=int, default=7)
-    ap.add_argument("--method", default="fake")
-    ap.add_argument("--delay", type=float, default=0.0)
-    ap.add_argument("--workers", type=int, default=1)
-    ap.add_argument("--model", default=None)
-    a = ap.parse_args(argv)
-    from photoinfer.pipeline import PipelineConfig, grid_fit_fn, run_pipeline
-    if a.method == "fake":
-        model, fit, settings = TinyModel(), fake_fit, {"delay": a.delay}
-    else:
-        from photoinfer.io.models import load_model
-        model, fit = load_model(a.model), grid_fit_fn
-        settings = {"spacing": "coarse", "n_draws": 200, "keep": 256}
-    cfg = PipelineConfig(nside=a.nside, batch_size=a.batch_size, seed=a.seed, method=a.method, fit_settings=settings,
-                         write_samples=False, quicklook=False)
-    r = run_pipeline(model, a.catalog, a.out, fit, cfg, workers=a.workers)
-    print(r.to_dict())
+def command(argv) -> list[str]:
+    """The subprocess command line running ``photoinfer`` + ``argv``."""
+    return [sys.executable, "-m", "photoinfer.cli", "-q", *argv]
 
 
-if __name__ == "__main__":
-    main()
+def finished_pixels(out, nside) -> int:
+    """Number of pixels with a manifest (finished) under ``out``."""
+    return len(list(Path(out).glob(f"nside{nside}/*/manifest.json")))
+
+
+def check_manifests(out, nside) -> None:
+    """Every manifest lists complete files (sizes and sha256 as recorded)."""
+    from photoinfer.io import pixel_products as pp
+    for m in Path(out).glob(f"nside{nside}/*/{pp.MANIFEST}"):
+        man = pp.read_manifest(m.parent)
+        assert man is not None, m
+        for rec in man["files"].values():
+            assert pp.file_record(m.parent / rec["name"]) == rec, (m.parent, rec)
+
+
+def kill_restart(cmd, out, nside, n_pixels, rng, *, kills=2, jitter=0.0, timeout=3600.0, stderr=None) -> list[dict]:
+    """Start ``cmd``; SIGKILL it ``kills`` times, each once a random number of pixels has finished (drawn
+    from 2 … n_pixels − 2, above the previous kill's count) and a further uniform(0, ``jitter``)
+    seconds have passed (so that kills land while fitting as well as while writing); then run it
+    to the end.
+
+    Returns one record per kill: the target count, the pixels finished when the kill landed, and the
+    seconds since that process started.
+    """
+    env = os.environ | {"PYTHONPATH": str(REPO)}
+    lo, records = 2, []
+    for k in range(kills):
+        hi = n_pixels - 2 - (kills - 1 - k)          # leave room for the later kills
+        if hi < lo:
+            raise ValueError(f"{n_pixels} pixels are too few for {kills} kills between 2 and n - 2 finished pixels")
+        target = int(rng.integers(lo, hi + 1))
+        t0 = time.time()
+        p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=stderr or subprocess.DEVNULL)
+        while finished_pixels(out, nside) < target and p.poll() is None and time.time() - t0 < timeout:
+            time.sleep(0.005)
+        if p.poll() is not None:
+            raise RuntimeError(f"the run ended (status {p.returncode}) before {target} pixels had finished")
+        time.sleep(rng.uniform(0.0, jitter))
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        n_done = finished_pixels(out, nside)
+        records.append({"target": target, "finished_at_kill": n_done,
+                        "seconds_after_start": round(time.time() - t0, 2)})
+        check_manifests(out, nside)
+        lo = n_done + 1
+    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=stderr or subprocess.DEVNULL,
+                   timeout=timeout)
+    return records

@@ -1,6 +1,8 @@
 """``photoinfer fit``: posteriors of (Teff, logg, [M/H], μ, E) for photometry-only stars."""
 from __future__ import annotations
 
+from .pipeline_options import PIXELS_DESCRIPTION, add_pixel_arguments, check_pixel_options, grid_settings
+
 HELP = "sample each star's posterior of Teff, logg, [M/H], distance modulus and reddening from its photometry"
 DESCRIPTION = """\
 Fit every star of a catalog with the stellar model: the posterior of (Teff, logg, [M/H],
@@ -35,7 +37,8 @@ examples:
   photoinfer fit --catalog stars.parquet --out fits/ --method grid+nuts --min-grid-ess 300
 read the results:
   python -c "import arviz as az; print(az.from_netcdf('fits/posterior.nc'))"
-"""
+
+""" + PIXELS_DESCRIPTION
 
 
 def add_arguments(p) -> None:
@@ -64,9 +67,12 @@ def add_arguments(p) -> None:
     p.add_argument("--e-max", type=float, default=None, help="upper bound of E (default 7)")
     p.add_argument("--no-parallax", action="store_true", help="ignore the catalog's parallaxes")
     p.add_argument("--no-position", action="store_true", help="ignore l, b: position-free Galactic prior")
-    p.add_argument("--batch-size", type=int, default=25, metavar="N", help="stars sampled together (default 25)")
+    p.add_argument("--batch-size", type=int, default=None, metavar="N",
+                   help="stars sampled together (default 25; with --nside, stars per fit call: 256 for grid and "
+                        "grid+nuts)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--no-posterior", action="store_true", help="write only the summary (no posterior.nc)")
+    add_pixel_arguments(p)
 
 
 def run(args) -> int:
@@ -81,9 +87,13 @@ def run(args) -> int:
     from ..posterior import save_inference_data, to_inference_data, write_summary
     from . import load_model_arg, log
     for name in ("num_warmup", "num_samples", "num_chains", "batch_size"):
-        if getattr(args, name) < 1:
+        if (getattr(args, name) or 1) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+    check_pixel_options(args)
     model = load_model_arg(args)
+    if args.nside is not None:                     # the HEALPix pixel pipeline
+        from .pipeline_options import run_pixels
+        return run_pixels(args, model)
     cat = read_catalog(args.catalog, bands=model.bands)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -101,10 +111,10 @@ def run(args) -> int:
         bins = ImageBins()
     res, images = fit_with_method(model, cat, args.method, prior=args.prior, num_warmup=args.num_warmup,
                                   num_samples=args.num_samples, num_chains=args.num_chains, seed=args.seed,
-                                  batch_size=args.batch_size, use_parallax=not args.no_parallax,
+                                  batch_size=args.batch_size or 25, use_parallax=not args.no_parallax,
                                   use_position=not args.no_position, dust=args.dust, E_max=args.e_max,
                                   callback=progress, grid=args.grid, min_grid_ess=args.min_grid_ess,
-                                  exact=args.exact, images=bins)
+                                  exact=args.exact, images=bins, grid_settings=grid_settings(args))
     bar.close()
     write_summary(res.summary, out / "summary.parquet")
     if images is not None:

@@ -7,7 +7,7 @@ Read a catalog in chunks (--rows at a time: Parquet is streamed, so the catalog 
 than memory; a directory of Parquet files such as a HATS catalog is read file by file) and
 write it as OUT/Norder={k}/Npix={p}/part*.parquet, nested Galactic pixels at --nside, stars
 without a position in Npix=-1.  OUT/_partition.json (written last) holds the row counts.
-'photoinfer pixels --catalog OUT --nside N' then reads only the partitions each pixel needs,
+'photoinfer fit --catalog OUT --nside N' then reads only the partitions each pixel needs,
 at any N.  See docs/pipeline.md.
 
 examples:

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 METHODS = ("grid", "nuts", "grid+nuts")
 
 _GRID_CACHE: dict = {}
+_PRIOR_CACHE: dict = {}
 
 
 def nuts_init_from_grid(initial, arrays, E_max: float, max_logit_var: float = 4.0):
@@ -60,6 +61,17 @@ def nuts_init_from_grid(initial, arrays, E_max: float, max_logit_var: float = 4.
     z0[bad] = 0.0
     cov[bad] = np.eye(5)
     return z0.astype(np.float32), cov.astype(np.float32)
+
+
+def _prior(model, name, dust, E_max):
+    """The InferencePrior, built once per (model, name, dust, E_max): building it tabulates the sky
+    prior (seconds), and the same object keeps the jitted samplers' compilations (a static argument)."""
+    from ..infer.prior import build_prior
+    key = (id(model), name, dust, E_max)
+    if key not in _PRIOR_CACHE:
+        _PRIOR_CACHE.clear()
+        _PRIOR_CACHE[key] = (model, build_prior(model, name=name, dust=dust, E_max=E_max))
+    return _PRIOR_CACHE[key][1]
 
 
 def _grid(model, spacing, stellar):
@@ -134,20 +146,20 @@ def fit_with_method(model, catalog, method: str = "nuts", *, prior: str = "bayes
 
     from ..infer.fit import fit_catalog
     from ..infer.model import model_arrays
-    from ..infer.prior import build_prior
+    from ..infer.prior import InferencePrior
     from .posterior import GridSettings
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
     if images is not None and method == "nuts":
         raise ValueError("(mu, E) images come from the grid: use --method grid or grid+nuts")
-    nuts_kw = dict(prior=prior, dust=dust, E_max=E_max, use_parallax=use_parallax, use_position=use_position,
+    ip = prior if isinstance(prior, InferencePrior) else _prior(model, prior, dust, E_max)
+    nuts_kw = dict(prior=ip, dust=dust, E_max=E_max, use_parallax=use_parallax, use_position=use_position,
                    seed=seed, num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
                    batch_size=batch_size, callback=callback)
     if method == "nuts":
         res = fit_catalog(model, catalog, **nuts_kw)
         res.attrs["nuts_stars"] = int(np.sum(np.isfinite(res.summary["teff_p50"])))
         return res, None
-    ip = build_prior(model, name=prior, dust=dust, E_max=E_max)
     settings = grid_settings if grid_settings is not None else GridSettings()
     C, S = int(num_chains), int(num_samples)
     if method == "grid+nuts":
@@ -155,7 +167,7 @@ def fit_with_method(model, catalog, method: str = "nuts", *, prior: str = "bayes
     gf = _grid_fit(model, catalog, ip.prior, spacing=grid, settings=settings, seed=seed, images=images,
                    n_chains=C if method == "grid+nuts" else 0, use_parallax=use_parallax, use_position=use_position)
     res = gf.fit
-    res.attrs.update(prior=prior, dust_prior=dust, E_max=ip.E_max, grid=str(grid), seed=int(seed), nuts_stars=0)
+    res.attrs.update(prior=ip.name, dust_prior=dust, E_max=ip.E_max, grid=str(grid), seed=int(seed), nuts_stars=0)
     if method == "grid":
         return res, gf.images
     from ..catalog import INFERENCE_UNUSABLE, Flag
@@ -169,7 +181,7 @@ def fit_with_method(model, catalog, method: str = "nuts", *, prior: str = "bayes
     if len(idx) == 0:
         return res, gf.images
     z0, inv_mass = nuts_init_from_grid(gf.initial, model_arrays(model), ip.E_max)
-    nres = fit_catalog(model, catalog.subset(idx), **{**nuts_kw, "prior": ip}, init=(z0[idx], inv_mass[idx]))
+    nres = fit_catalog(model, catalog.subset(idx), **nuts_kw, init=(z0[idx], inv_mass[idx]))
     for k in res.samples:
         res.samples[k][..., idx] = nres.samples[k]
     stats = {}

@@ -113,7 +113,9 @@ def fit_catalog(model, catalog, *, prior: str | InferencePrior = "bayestar", met
     draws = np.full((n, C, S, len(PARAMETERS)), np.nan, np.float32)
     stats = {k: np.zeros((n, C, S), np.float32) for k in _STATS}
     dominant = np.ones(n)
-    size = max(1, min(int(batch_size), len(run)))
+    # lanes per call: batch_size, or n rounded up to a power of two (not len(run): the flags or a
+    # caller's subsets, e.g. grid+nuts refits, give at most log2(batch_size) + 2 compilations)
+    size = max(1, min(int(batch_size), 1 << max(n - 1, 0).bit_length()))
     t0 = time.perf_counter()
     for start in range(0, len(run), size):
         idx = run[start:start + size]
