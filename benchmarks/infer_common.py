@@ -22,16 +22,21 @@ def model_path() -> Path:
     return DEFAULT_MODEL if DEFAULT_MODEL.exists() else RELEASED_MODEL
 
 
-def mock_catalog(model, prior, n: int, seed: int):
-    """The prior-predictive mock (cached as Parquet under benchmarks/results/cache)."""
+def mock_catalog(model, prior, n: int, seed: int, sightlines=None):
+    """The prior-predictive mock (cached as Parquet under benchmarks/results/cache).
+
+    ``sightlines``: None (position-free prior) or (l, b) pairs dealt to the stars in turn.
+    """
     from photoinfer.infer.predictive import prior_predictive_catalog
     from photoinfer.io.catalogs import read_catalog, write_catalog
-    cache = RESULTS / "cache" / f"mock_{Path(model_path()).stem}_{prior.name}_n{n}_s{seed}.parquet"
+    tag = "sky" if sightlines is None else f"lb{len(sightlines)}"
+    cache = (RESULTS / "cache" / f"mock2_{Path(model_path()).stem}_{prior.name}_{tag}_Emax{prior.E_max:g}"
+             f"_n{n}_s{seed}.parquet")
     if cache.exists():
         cat = read_catalog(cache)
         return cat
     t = time.perf_counter()
-    cat = prior_predictive_catalog(model, prior, n, seed=seed)
+    cat = prior_predictive_catalog(model, prior, n, seed=seed, sightlines=sightlines)
     print(f"mock of {n} stars drawn in {time.perf_counter() - t:.0f} s", file=sys.stderr)
     cache.parent.mkdir(parents=True, exist_ok=True)
     write_catalog(cat, cache)

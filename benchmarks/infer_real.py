@@ -34,7 +34,11 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=1000, help="random subset size (0 = all 8,000)")
     ap.add_argument("--seed", type=int, default=3)
+    ap.add_argument("--num-warmup", type=int, default=300)
+    ap.add_argument("--num-samples", type=int, default=250)
+    ap.add_argument("--target-accept", type=float, default=0.8)
     args = ap.parse_args()
+    kw = dict(num_warmup=args.num_warmup, num_samples=args.num_samples, target_accept=args.target_accept)
     from photoinfer.infer.fit import fit_catalog
     from photoinfer.infer.model import parallax_of_mu
     from photoinfer.infer.prior import build_prior
@@ -46,15 +50,18 @@ def main():
     if args.n:
         idx = np.sort(np.random.default_rng(args.seed).choice(len(cat), args.n, replace=False))
         cat = cat.subset(idx)
-    out = {"model": model_path().name, "n": len(cat), "subset_seed": args.seed, "prior": "bayestar, position-free"}
+    out = {"model": model_path().name, "n": len(cat), "subset_seed": args.seed,
+           "prior": "bayestar, position-free, smooth stellar prior, E flat on [0, 7]", **kw}
     t = time.perf_counter()
-    res = fit_catalog(model, cat, prior=prior, seed=args.seed, use_position=False)
+    res = fit_catalog(model, cat, prior=prior, seed=args.seed, use_position=False, **kw)
     out["with_parallax"] = {"seconds": round(time.perf_counter() - t, 1), "residuals": residual_stats(res, cat),
-                            "frac_not_converged": float(np.mean((res.summary["flags"] & 1024) > 0))}
+                            "frac_not_converged": float(np.mean((res.summary["flags"] & 1024) > 0)),
+                            "frac_multimodal": float(np.mean((res.summary["flags"] & 4096) > 0)),
+                            "ess_bulk_min_median": float(np.nanmedian(res.summary["ess_bulk_min"]))}
     print(out["with_parallax"])
     write_json("infer_real.json", out)
     t = time.perf_counter()
-    res2 = fit_catalog(model, cat, prior=prior, seed=args.seed, use_position=False, use_parallax=False)
+    res2 = fit_catalog(model, cat, prior=prior, seed=args.seed, use_position=False, use_parallax=False, **kw)
     plx_post = parallax_of_mu(np.asarray(res2.samples["mu"], np.float64)).reshape(-1, len(cat))
     has = np.isfinite(cat.parallax) & np.isfinite(res2.summary["mu_p50"])
     z = (cat.parallax - plx_post.mean(0)) / np.sqrt(cat.parallax_err ** 2 + plx_post.var(0))
@@ -63,7 +70,9 @@ def main():
                                "parallax_z": {"n": int(has.sum()), "median": float(np.median(z)),
                                               "std": float(np.std(z)),
                                               "scatter_16_84": float(np.diff(np.percentile(z, [16, 84]))[0] / 2),
-                                              "frac_abs_gt_3": float(np.mean(np.abs(z) > 3))}}
+                                              "frac_abs_gt_3": float(np.mean(np.abs(z) > 3))},
+                               "frac_not_converged": float(np.mean((res2.summary["flags"] & 1024) > 0)),
+                               "frac_multimodal": float(np.mean((res2.summary["flags"] & 4096) > 0))}
     print(out["without_parallax"])
     write_json("infer_real.json", out)
 

@@ -43,7 +43,7 @@ def plate_baseline(model, prior, cat, n_chains, num_warmup, num_samples, seed):
     s = jax.tree_util.tree_map(jnp.asarray, star_inputs(cat))
     x_cand, cell = candidate_grid(prior, arrays)
     keys = _star_keys(seed, np.arange(len(cat)))
-    z0, _ = initial_points(keys, s, jnp.asarray(x_cand), cell, arrays, prior, n_chains=n_chains)   # (N, C, 5)
+    z0, _, _ = initial_points(keys, s, jnp.asarray(x_cand), cell, arrays, prior, n_chains=n_chains)   # (N, C, 5)
     z0 = np.moveaxis(np.asarray(z0), 1, 0)                                                       # (C, N, 5)
     init = {"x": jnp.asarray(z0[..., :3]), "mu": jnp.asarray(z0[..., 3]), "E": jnp.asarray(z0[..., 4])}
     mcmc = MCMC(NUTS(catalog_model), num_warmup=num_warmup, num_samples=num_samples, num_chains=n_chains,
@@ -69,6 +69,7 @@ def main():
     ap.add_argument("--baseline-warmup", type=int, default=500)
     ap.add_argument("--baseline-samples", type=int, default=500)
     ap.add_argument("--batch-size", type=int, default=25)
+    ap.add_argument("--target-accept", type=float, default=0.8)
     args = ap.parse_args()
 
     from photoinfer.infer.fit import fit_catalog
@@ -84,15 +85,17 @@ def main():
     # compile once on a tiny catalog so the timing is steady state (compile time reported apart)
     t = time.perf_counter()
     fit_catalog(model, cat.subset(np.arange(2)), prior=prior, num_warmup=args.num_warmup,
-                num_samples=args.num_samples, batch_size=args.batch_size, seed=args.seed)
+                num_samples=args.num_samples, batch_size=args.batch_size, seed=args.seed,
+                target_accept=args.target_accept)
     out["photoinfer_compile_s"] = round(time.perf_counter() - t, 1)
     t = time.perf_counter()
     res = fit_catalog(model, cat, prior=prior, num_warmup=args.num_warmup, num_samples=args.num_samples,
-                      batch_size=args.batch_size, seed=args.seed)
+                      batch_size=args.batch_size, seed=args.seed, target_accept=args.target_accept)
     seconds = time.perf_counter() - t
     r = summarize_run("photoinfer per-star NUTS (blackjax, vmapped, 4 chains)", len(cat), seconds, res.samples,
                       res.sample_stats["diverging"], true)
     r.update({"num_warmup": args.num_warmup, "num_samples": args.num_samples, "batch_size": args.batch_size,
+              "target_accept": args.target_accept,
               "mean_leapfrog_steps": float(np.mean(res.sample_stats["n_steps"]))})
     out["photoinfer"] = r
     print(r)

@@ -149,11 +149,17 @@ def test_bimodal_star_gets_chains_in_both_modes(released_model, prior):
     arrays = model_arrays(released_model)
     x, cell = candidate_grid(prior, arrays)
     s = jax.tree_util.tree_map(jnp.asarray, star_inputs(cat))
-    z0, cov = initial_points(jax.random.split(jax.random.PRNGKey(seed()), 1), s, jnp.asarray(x), cell, arrays,
-                             prior, n_chains=4)
+    key = jax.random.split(jax.random.PRNGKey(seed()), 1)
+    z0, cov, dom = initial_points(key, s, jnp.asarray(x), cell, arrays, prior, n_chains=4)
     logg = np.asarray(constrain(z0[0], s, arrays, prior))[:, 1]
+    assert float(dom[0]) < 0.99                                         # → Flag.MULTIMODAL in fit_catalog
     assert (logg > 3.5).any() and (logg < 3.5).any(), logg
     assert np.all(np.linalg.eigvalsh(np.asarray(cov[0])) > 0)
+    # a dominant mode takes every chain: with the threshold at the measured mass, all chains share a mode
+    z1, _, _ = initial_points(key, s, jnp.asarray(x), cell, arrays, prior, n_chains=4,
+                              dominant_mass=float(dom[0]) * 0.999)
+    logg1 = np.asarray(constrain(z1[0], s, arrays, prior))[:, 1]
+    assert (logg1 > 3.5).all() or (logg1 < 3.5).all(), logg1
 
 
 def test_cli_fit_tiny(tmp_path, released_model):

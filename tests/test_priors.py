@@ -396,7 +396,7 @@ def test_smooth_stellar_prior_synthetic_grid():
     for feh in (-1.0, -0.3, 0.4):
         assert _smooth_slice_mass(sp, feh, wall=False) == pytest.approx(1.0, abs=2e-3), feh
         m = _smooth_slice_mass(sp, feh)
-        assert 0.9 < m <= 1.0 + 2e-3, (feh, m)
+        assert 0.85 < m <= 1.0 + 2e-3, (feh, m)
     # a Gaussian density is reproduced: ln q − ln ρ constant where ρ is well sampled
     T, G, F = np.meshgrid(grid.teff, grid.logg, grid.feh, indexing="ij")
     nodes = np.stack([T, G, F], -1)
@@ -418,7 +418,7 @@ def test_smooth_stellar_prior_released_grid():
     # inside the well-populated metallicities the wall removes little; where the training density
     # never reaches the threshold (metal-poor) it removes most of the mass
     assert 0.95 < _smooth_slice_mass(sp, 0.0) <= 1.002
-    assert _smooth_slice_mass(sp, -2.0) < 0.05
+    assert _smooth_slice_mass(sp, -2.0) < 0.1
     # agreement with the gridded density where it is well sampled (ρ ≥ 0.1 of the peak): measured
     # weighted mean |Δ| = 0.16 nats, 90th percentile 0.38 (32 components)
     rho = np.asarray(m.validity.density[0], np.float64)

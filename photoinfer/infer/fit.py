@@ -33,11 +33,11 @@ def _star_keys(seed: int, index: np.ndarray):
 
 
 def fit_catalog(model, catalog, *, prior: str | InferencePrior = "bayestar", method: str = "nuts",
-                num_warmup: int = 250, num_samples: int = 250, num_chains: int = 4, seed: int = 0,
+                num_warmup: int = 400, num_samples: int = 500, num_chains: int = 4, seed: int = 0,
                 batch_size: int = 25, use_parallax: bool = True, use_position: bool = True, dust: str = "flat",
                 E_max: float | None = None, sigma_model: float = SIGMA_MODEL, max_num_doublings: int = 8,
-                ess_threshold: float = 200.0, rhat_threshold: float = 1.01, adaptation: str = "window",
-                callback=None, init=None) -> FitResult:
+                ess_threshold: float = 200.0, rhat_threshold: float = 1.01, adaptation: str = "short",
+                target_accept: float = 0.85, dominant_mass: float = 0.99, callback=None, init=None) -> FitResult:
     """Sample the posterior p(θ, μ, E | m̂, ϖ̂, l, b) (METHOD §8) of every star of ``catalog``.
 
     Parameters
@@ -67,6 +67,12 @@ def fit_catalog(model, catalog, *, prior: str | InferencePrior = "bayestar", met
     adaptation : {"window", "short"}
         Warm-up: blackjax's Stan-style window adaptation seeded with the initialization's inverse mass
         matrix, or the short three-window scheme of :mod:`photoinfer.infer.sampler`.
+    target_accept : float
+        Dual-averaging target acceptance rate.
+    dominant_mass : float
+        All chains start in the grid's dominant mode when it holds at least this fraction of the
+        posterior mass; otherwise they are spread over the modes and the star is flagged
+        ``Flag.MULTIMODAL`` (see :mod:`photoinfer.infer.init`).
     callback : callable(n_done, n_total), optional
         Called after each batch (progress bars).
     init : (z0 (N, num_chains, 5), inv_mass (N, num_chains, 5, 5)), optional
@@ -93,7 +99,7 @@ def fit_catalog(model, catalog, *, prior: str | InferencePrior = "bayestar", met
     arrays = model_arrays(model)
     settings = SamplerSettings(num_warmup=int(num_warmup), num_samples=int(num_samples),
                                max_num_doublings=int(max_num_doublings), sigma_model=float(sigma_model),
-                               adaptation=adaptation)
+                               adaptation=adaptation, target_accept=float(target_accept))
     inputs = star_inputs(catalog, use_parallax=use_parallax, use_position=use_position)
     if prior.sightline and not inputs.has_lb.any():
         prior = replace(prior, sightline=False)          # no star has a position: skip that term
@@ -106,6 +112,7 @@ def fit_catalog(model, catalog, *, prior: str | InferencePrior = "bayestar", met
     C, S = int(num_chains), int(num_samples)
     draws = np.full((n, C, S, len(PARAMETERS)), np.nan, np.float32)
     stats = {k: np.zeros((n, C, S), np.float32) for k in _STATS}
+    dominant = np.ones(n)
     # lanes per call: batch_size, or n rounded up to a power of two (not len(run): the flags or a
     # caller's subsets, e.g. grid+nuts refits, give at most log2(batch_size) + 2 compilations)
     size = max(1, min(int(batch_size), 1 << max(n - 1, 0).bit_length()))
@@ -117,9 +124,10 @@ def fit_catalog(model, catalog, *, prior: str | InferencePrior = "bayestar", met
         skeys = pad_to(keys[idx], size)
         init_keys = jax.vmap(lambda kk: jax.random.fold_in(kk, 1_000_003))(jnp.asarray(skeys))
         if init is None:
-            z0, inv_mass = initial_points(init_keys, star, x_cand, cell, arrays, prior, n_chains=C,
-                                          sigma_model=sigma_model)
-        else:
+            z0, inv_mass, dom = initial_points(init_keys, star, x_cand, cell, arrays, prior, n_chains=C,
+                                               sigma_model=sigma_model, dominant_mass=dominant_mass)
+            dominant[idx] = np.asarray(dom)[:k]
+        else:  # given starting points (e.g. every grid mode): the caller knows the modes
             z0, inv_mass = (jnp.asarray(pad_to(np.asarray(a)[idx], size)) for a in init)
         lane_keys = jax.vmap(lambda kk: jax.vmap(lambda c: jax.random.fold_in(kk, c))(jnp.arange(C)))(jnp.asarray(skeys))
         lanes = jax.tree_util.tree_map(lambda a: jnp.repeat(jnp.asarray(a), C, axis=0), star)
@@ -141,7 +149,8 @@ def fit_catalog(model, catalog, *, prior: str | InferencePrior = "bayestar", met
                               "num_samples": S, "num_chains": C, "seed": int(seed), "batch_size": size,
                               "use_parallax": bool(use_parallax), "use_position": bool(use_position),
                               "model": str(model.provenance.get("source", model.provenance.get("name", ""))),
-                              "sampling_time_s": float(elapsed)})
+                              "sampling_time_s": float(elapsed), "dominant_mass": float(dominant_mass)})
+    result.flags = np.where(dominant < dominant_mass, result.flags | int(Flag.MULTIMODAL), result.flags)
     result.summary = summarize(result, model=model, ess_threshold=ess_threshold, rhat_threshold=rhat_threshold)
     result.flags = np.asarray(result.summary["flags"], np.int64)
     return result

@@ -9,8 +9,12 @@
    candidate.
 4. **Modes** — the best candidate, then greedily the best candidates farther than ``separation``
    in standardized (Teff, logg) from every mode already chosen (dwarf vs giant; [M/H] is left to
-   the sampler), kept when within ``delta_lnp`` of the best.  Chains are dealt to the modes in
-   turn (chain c → mode c mod n_modes); each candidate belongs to its nearest mode centre.
+   the sampler), kept when within ``delta_lnp`` of the best; each candidate belongs to its nearest
+   mode centre, and a mode's mass is the sum of its candidates' posterior weights.  When the
+   best point's mode holds ≥ ``dominant_mass`` (99 %) of the mass, every chain starts in it;
+   otherwise chains are dealt to the modes in turn (chain c → mode c mod n_modes) and the star is
+   flagged ``MULTIMODAL`` (r̂ across chains in different modes measures the modes' separation,
+   not convergence).
 5. **Start and metric** — within its mode, a chain starts at a candidate drawn with weight
    p(candidate | data) (plus a uniform offset within the grid cell), so chains start spread over
    the mode; its initial inverse mass matrix is the p-weighted covariance of the mode's candidates,
@@ -79,8 +83,9 @@ def _mode_centres(x, lp, n_modes, separation, delta_lnp):
     return jnp.stack(modes)
 
 
-def _star_starts(key, s, x_cand, cell, M, R, arrays, prior, n_chains, separation, delta_lnp, sigma_model):
-    """Start positions (C, 5) and inverse mass matrices (C, 5, 5) of one star's chains."""
+def _star_starts(key, s, x_cand, cell, M, R, arrays, prior, n_chains, separation, delta_lnp, sigma_model,
+                 dominant_mass):
+    """Start positions (C, 5), inverse mass matrices (C, 5, 5) of one star's chains, the dominant mode's mass ()."""
     mu, E, cov_muE = _linear_mu_E(s, M, R, prior.E_max, sigma_model)
     e = E / prior.E_max
     z = jnp.concatenate([x_cand, mu[:, None], jnp.log(e / (1 - e))[:, None]], axis=-1)       # (P, 5)
@@ -95,8 +100,12 @@ def _star_starts(key, s, x_cand, cell, M, R, arrays, prior, n_chains, separation
     # (μ, E) conditional covariance in (μ, logit E) at each candidate
     jac = 1.0 / (E * (1 - e))
     cz = cov_muE * jnp.stack([jnp.stack([jnp.ones_like(jac), jac], -1), jnp.stack([jac, jac * jac], -1)], -2)
+    # posterior mass of each mode (candidates are cells of equal volume)
+    lmass = jnp.stack([jnp.where(found[m], jax.scipy.special.logsumexp(jnp.where(member == m, lp, -jnp.inf)), -jnp.inf)
+                       for m in range(n_chains)])
+    dominant = jnp.exp(lmass[0] - jax.scipy.special.logsumexp(lmass))                        # the best point's mode
     order = jnp.argsort(~found)                                                             # found modes first
-    n_found = jnp.sum(found)
+    n_found = jnp.where(dominant >= dominant_mass, 1, jnp.sum(found))
     chain_mode = order[jnp.arange(n_chains) % n_found]
     keys = jax.random.split(key, n_chains)
 
@@ -114,12 +123,14 @@ def _star_starts(key, s, x_cand, cell, M, R, arrays, prior, n_chains, separation
         jitter = jnp.concatenate([(jax.random.uniform(k2, (3,)) - 0.5) * cell, jnp.zeros(2)])
         return z[i] + jitter, cov
 
-    return jax.vmap(one_chain)(keys, chain_mode)
+    z0, inv_mass = jax.vmap(one_chain)(keys, chain_mode)
+    return z0, inv_mass, dominant
 
 
-@partial(jax.jit, static_argnames=("prior", "n_chains", "sigma_model", "separation", "delta_lnp"))
+@partial(jax.jit, static_argnames=("prior", "n_chains", "sigma_model", "separation", "delta_lnp", "dominant_mass"))
 def initial_points(keys, stars: StarInputs, x_cand, cell, arrays: ModelArrays, prior, n_chains: int = 4,
-                   sigma_model: float = SIGMA_MODEL, separation: float = 1.5, delta_lnp: float = 8.0):
+                   sigma_model: float = SIGMA_MODEL, separation: float = 1.5, delta_lnp: float = 8.0,
+                   dominant_mass: float = 0.99):
     """Initial positions and inverse mass matrices for N stars × n_chains chains.
 
     Parameters
@@ -133,13 +144,18 @@ def initial_points(keys, stars: StarInputs, x_cand, cell, arrays: ModelArrays, p
         Minimum distance between modes in standardized θ.
     delta_lnp : float
         A separate mode seeds chains only when its ln p is within this of the best.
+    dominant_mass : float
+        When the best point's mode holds at least this fraction of the candidates' posterior mass,
+        every chain starts in it (the other modes are negligible); otherwise chains are dealt to the
+        modes in turn.
 
     Returns
     -------
     z0 : (N, n_chains, 5); inv_mass : (N, n_chains, 5, 5)
+    dominant : (N,) posterior mass fraction of the dominant mode (< ``dominant_mass``: multimodal star)
     """
     M = _predicted_magnitudes(arrays, x_cand, jnp.zeros(x_cand.shape[0]), jnp.zeros(x_cand.shape[0]))
     R = _predicted_magnitudes(arrays, x_cand, jnp.zeros(x_cand.shape[0]), jnp.ones(x_cand.shape[0])) - M
     cell = jnp.asarray(cell, jnp.float32)
     return jax.vmap(lambda k, s: _star_starts(k, s, x_cand, cell, M, R, arrays, prior, n_chains, separation,
-                                              delta_lnp, sigma_model))(keys, stars)
+                                              delta_lnp, sigma_model, dominant_mass))(keys, stars)

@@ -299,15 +299,18 @@ class SmoothStellarPrior:
     step²/12 added to every covariance)::
 
         q(z) ≈ ρ(θ) / ∫ρ                                                                       (S4)
-        ln W(θ) = −½ (max(0, ln τ + ln q_peak − ln q(z)) / width)²                              (S5)
+        ln W(θ) = −slope · width · softplus(Δ / width),  Δ = ln τ + ln q_peak − ln q(z)         (S5)
         ln p(T, g | F) = ln q(z) − ln q_F(z_F) + ln W(θ) − ln(scale_T scale_g)                  (S6)
 
     q_F is the mixture's [M/H] marginal (a 1-D mixture with the same weights, means m_k,F and
     variances Σ_k,FF: analytic), so without the wall (S6) integrates to exactly 1 over (Teff, logg)
     at every [M/H].  The wall (S5) confines the prior to the region of validity — where the
     mixture is below τ (default 1e-2) of its peak q_peak (its maximum over the density grid's
-    nodes) — smoothly: it is zero inside, quadratic in ln q outside (continuous gradient), −½ at
-    ``width`` nats below the threshold, −8 at 4·width.  It is *not* renormalized away: at fixed [M/H]
+    nodes) — smoothly: Δ is how many nats q lies below the threshold; the wall is ≈ 0 well inside
+    (−slope·width·e^(−|Δ|/width): −0.002 at 3 nats above the threshold for the defaults
+    slope = 2, width = 0.5), −0.69 at the threshold, and ≈ −slope·Δ outside, i.e. the prior falls
+    like q^(1+slope) there.  Its curvature is bounded (slope/(4 width) in ln q), unlike a
+    quadratic or hard wall, which is what HMC needs.  It is *not* renormalized away: at fixed [M/H]
     (S6) integrates to the fraction of the mixture's mass inside the region, so [M/H] values where
     the model is invalid (e.g. [M/H] < −1.3 for the released model, whose training density there
     stays below 1e-2 of its peak) are suppressed in the joint prior, as the region of validity asks.
@@ -322,8 +325,8 @@ class SmoothStellarPrior:
         θ = centre + scale · z [K, dex, dex].
     log_peak : float
         ln q_peak.
-    threshold, width : float
-        τ and the wall's width [nats], Eq. (S5).
+    threshold, width, slope : float
+        τ, the wall's width [nats] and slope, Eq. (S5).
     origin, step : ndarray, shape (3,)
         The density grid's first node and spacing (for gridded uses: :attr:`log_p`, :attr:`valid`).
     shape : tuple
@@ -338,13 +341,14 @@ class SmoothStellarPrior:
     log_peak: float
     threshold: float
     width: float
+    slope: float
     origin: np.ndarray
     step: np.ndarray
     shape: tuple
 
     @classmethod
     def from_validity(cls, grid, map_index: int = 0, threshold: float = 1e-2, width: float = 0.5,
-                      n_components: int = 32, min_rho: float = 1e-4) -> "SmoothStellarPrior":
+                      slope: float = 2.0, n_components: int = 32, min_rho: float = 1e-4) -> "SmoothStellarPrior":
         """Fit (S4) to density map ``map_index`` of a :class:`~photoinfer.model.stellar_model.ValidityGrid`.
 
         Deterministic; fits are cached per (map contents, settings) in the process.
@@ -378,8 +382,8 @@ class SmoothStellarPrior:
             log_peak = float(np.max(mx + np.log(np.exp(lq - mx[:, None]).sum(1))))
             _GMM_CACHE[key] = (weights, means, covs, centre, scale, log_peak)
         weights, means, covs, centre, scale, log_peak = _GMM_CACHE[key]
-        return cls(weights, means, covs, centre, scale, log_peak, float(threshold), float(width), origin, step,
-                   tuple(rho.shape))
+        return cls(weights, means, covs, centre, scale, log_peak, float(threshold), float(width), float(slope), origin,
+                   step, tuple(rho.shape))
 
     @classmethod
     def from_model(cls, model, **kwargs) -> "SmoothStellarPrior":
@@ -409,10 +413,13 @@ class SmoothStellarPrior:
         return jax.scipy.special.logsumexp(c - 0.5 * (zf[..., None] - jnp.asarray(self.means[:, 2], jnp.float32)) ** 2
                                            / jnp.asarray(var, jnp.float32), axis=-1)
 
+    def _wall(self, lq):
+        below = np.log(self.threshold) + self.log_peak - lq
+        return -self.slope * self.width * jax.nn.softplus(below / self.width)
+
     def log_wall(self, theta):
-        """ln W(θ), Eq. (S5): 0 inside the region of validity, smooth quadratic fall outside."""
-        below = np.log(self.threshold) + self.log_peak - self.log_joint(theta)
-        return -0.5 * (jnp.maximum(below, 0.0) / self.width) ** 2
+        """ln W(θ), Eq. (S5): ≈ 0 inside the region of validity, ≈ −slope · (nats below the threshold) outside."""
+        return self._wall(self.log_joint(theta))
 
     def __call__(self, theta):
         """ln p(Teff, logg | [M/H]) at θ, Eq. (S6).
@@ -429,9 +436,7 @@ class SmoothStellarPrior:
         """
         theta = jnp.asarray(theta, jnp.float32)
         lq = self.log_joint(theta)
-        below = np.log(self.threshold) + self.log_peak - lq
-        wall = -0.5 * (jnp.maximum(below, 0.0) / self.width) ** 2
-        return lq - self.log_marginal_feh(theta[..., 2]) + wall - float(np.log(self.scale[0] * self.scale[1]))
+        return lq - self.log_marginal_feh(theta[..., 2]) + self._wall(lq) - float(np.log(self.scale[0] * self.scale[1]))
 
     log_prob = __call__
 
