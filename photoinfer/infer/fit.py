@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import replace
 
 import jax
 import jax.numpy as jnp
@@ -102,7 +101,7 @@ def fit_catalog(model, catalog, *, prior: str | InferencePrior = "bayestar", met
                                adaptation=adaptation, target_accept=float(target_accept))
     inputs = star_inputs(catalog, use_parallax=use_parallax, use_position=use_position)
     if prior.sightline and not inputs.has_lb.any():
-        prior = replace(prior, sightline=False)          # no star has a position: skip that term
+        prior = prior.position_free          # no star has a position: skip that term
     n = len(catalog)
     flags = np.asarray(catalog.flags, np.int64).copy()
     run = np.flatnonzero((flags & int(INFERENCE_UNUSABLE)) == 0)

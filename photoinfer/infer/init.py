@@ -127,7 +127,7 @@ def _star_starts(key, s, x_cand, cell, M, R, arrays, prior, n_chains, separation
     return z0, inv_mass, dominant
 
 
-@partial(jax.jit, static_argnames=("prior", "n_chains", "sigma_model", "separation", "delta_lnp", "dominant_mass"))
+@partial(jax.jit, static_argnames=("prior", "n_chains", "sigma_model", "separation", "delta_lnp"))
 def initial_points(keys, stars: StarInputs, x_cand, cell, arrays: ModelArrays, prior, n_chains: int = 4,
                    sigma_model: float = SIGMA_MODEL, separation: float = 1.5, delta_lnp: float = 8.0,
                    dominant_mass: float = 0.99):

@@ -8,7 +8,8 @@ one is selected, so stars with and without positions share a batch.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import cached_property
 
 import jax.numpy as jnp
 
@@ -39,6 +40,12 @@ class InferencePrior:
     @property
     def E_max(self) -> float:
         return float(self.prior.E_max)
+
+    @cached_property
+    def position_free(self) -> "InferencePrior":
+        """This prior without the sightline term, one object per prior (jitted functions take the prior
+        as a static argument, hashed by identity: a new object per call would recompile them)."""
+        return self if not self.sightline else replace(self, sightline=False)
 
     def log_prior_sky(self, feh, mu):
         """Position-free ln p(μ, [M/H]) (the priors' tabulated sky average)."""
