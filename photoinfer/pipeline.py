@@ -177,8 +177,8 @@ def method_fit_fn(model, catalog, *, seed: int, method: str = "grid", image_grid
     kwargs : the other arguments of ``fit_with_method`` (prior, dust, grid, num_warmup, batch_size, ...)
     """
     from .grid.methods import fit_with_method
-    from .grid.posterior import GridSettings, ImageBins
-    bins = None if image_grid is None or method == "nuts" else ImageBins(*image_grid.to_dict().values())
+    from .grid.posterior import GridSettings
+    bins = None if image_grid is None or method == "nuts" else image_grid
     gs = GridSettings(**grid_settings) if grid_settings else None
     res, images = fit_with_method(model, catalog, method, seed=seed, images=bins, grid_settings=gs, **kwargs)
     if images is not None:

@@ -111,7 +111,7 @@ def test_modes_and_chunking(released_model, coarse_grid, coarse_prior, rng):
         np.array([[5800, 4.4, 0], [4800, 2.6, -0.3], [6300, 4.1, -0.5]], np.float32), 10.0, 0.2))])
     err_all = np.concatenate([err, np.full((3, released_model.n_bands), 0.03)])
     st = star_arrays(mag_all, err_all, l=np.full(4, 90.0), b=np.full(4, 30.0))
-    bins = ImageBins(n_mu=60, n_E=70)
+    bins = ImageGrid(n_mu=60, n_E=70)
     a = grid_posterior(coarse_grid, st, coarse_prior, GridSettings(**SMALL), n_chains=4, return_points=True,
                        images=bins)
     # star 3 shares its chunk with padding instead of stars 0-2: same result (per-star keys)
@@ -132,7 +132,8 @@ def test_modes_and_chunking(released_model, coarse_grid, coarse_prior, rng):
 # ------------------------------------------------------------------------------------ full posterior
 from photoinfer.catalog import Catalog, Flag  # noqa: E402
 from photoinfer.fitresult import PARAMETERS, SUMMARY_COLUMNS  # noqa: E402
-from photoinfer.grid.posterior import GridSettings, ImageBins, grid_fit, grid_posterior  # noqa: E402
+from photoinfer.grid.posterior import GridSettings, grid_fit, grid_posterior
+from photoinfer.sightline import ImageGrid  # noqa: E402
 from photoinfer.priors import make_prior  # noqa: E402
 
 
@@ -218,7 +219,7 @@ def _catalog(model, rng, n=6):
 def test_fitresult_images_and_chunking(released_model, coarse_grid, coarse_prior, rng):
     cat = _catalog(released_model, rng)
     prior = coarse_prior
-    bins = ImageBins(n_mu=60, n_E=70)
+    bins = ImageGrid(n_mu=60, n_E=70)
     s = GridSettings(**SMALL)
     a = grid_fit(released_model, cat, prior, grid=coarse_grid, settings=s, images=bins, n_chains=3, seed=seed())
     fr = a.fit

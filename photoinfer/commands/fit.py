@@ -107,8 +107,8 @@ def run(args) -> int:
 
     bins = None
     if args.images:
-        from ..grid.posterior import ImageBins
-        bins = ImageBins()
+        from ..sightline import ImageGrid
+        bins = ImageGrid()
     res, images = fit_with_method(model, cat, args.method, prior=args.prior, num_warmup=args.num_warmup,
                                   num_samples=args.num_samples, num_chains=args.num_chains, seed=args.seed,
                                   batch_size=args.batch_size or 25, use_parallax=not args.no_parallax,
@@ -139,7 +139,7 @@ def _write_images(path, images, source_id, bins) -> None:
     with h5py.File(tmp, "w") as f:
         f.create_dataset("images", data=images, compression="gzip", compression_opts=4, chunks=(1,) + images.shape[1:])
         f.create_dataset("source_id", data=np.asarray(source_id, np.int64))
-        f.create_dataset("mu_edges", data=np.linspace(bins.mu_lo, bins.mu_hi, bins.n_mu + 1))
-        f.create_dataset("E_edges", data=np.linspace(bins.E_lo, bins.E_hi, bins.n_E + 1))
+        f.create_dataset("mu_edges", data=np.linspace(bins.mu_min, bins.mu_max, bins.n_mu + 1))
+        f.create_dataset("E_edges", data=np.linspace(bins.E_min, bins.E_max, bins.n_E + 1))
         f.attrs["normalization"] = "posterior mass per bin, summing to 1 per star (0 when not fit)"
     os.replace(tmp, path)

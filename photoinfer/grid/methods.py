@@ -132,7 +132,7 @@ def fit_with_method(model, catalog, method: str = "nuts", *, prior: str = "bayes
         grid+nuts: NUTS runs for stars whose grid Kish ESS is below this (or whose grid fit failed).
     exact : bool
         grid+nuts: NUTS for every star (seeded by the grid).
-    images : ImageBins, optional
+    images : ImageGrid, optional
         Also return the grid's per-star (μ, E) images (methods grid and grid+nuts).
     num_warmup, num_samples, num_chains, batch_size : NUTS settings
 

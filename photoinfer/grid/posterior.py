@@ -40,12 +40,13 @@ import numpy as np
 from jax.scipy.special import logsumexp, ndtr, ndtri
 
 from ..fitresult import PARAMETERS, SUMMARY_COLUMNS, FitResult, distance_from_mu
+from ..sightline import ImageGrid
 from .engine import (GridArrays, GridResult, StarArrays, ThetaGrid, approximate_log_weight, gauss_newton_parallax,
                      grid_arrays, initial_points, log_prior_E_conditional, log_prior_position, log_truncation,
                      make_theta_grid, parallax_of_mu, position_table, solve_mu_E_direct, solve_mu_E_grid, star_arrays,
                      _pad_rows)
 
-__all__ = ["GridSettings", "ImageBins", "GridFit", "grid_posterior", "grid_fit", "mu_E_images"]
+__all__ = ["GridSettings", "GridFit", "grid_posterior", "grid_fit", "mu_E_images"]
 
 _LN_2PI = float(np.log(2.0 * np.pi))
 
@@ -73,17 +74,6 @@ class GridSettings:
     min_ess: float = 50.0
     star_chunk: int = 32
     position_free: bool = False
-
-
-class ImageBins(NamedTuple):
-    """The (μ, E) image grid (Bayestar's convention by default): bin edges are linspace(lo, hi, n + 1)."""
-
-    mu_lo: float = 4.0
-    mu_hi: float = 19.0
-    n_mu: int = 120
-    E_lo: float = 0.0
-    E_hi: float = 7.0
-    n_E: int = 700
 
 
 class _Chunk(NamedTuple):
@@ -199,11 +189,11 @@ def _posterior_chunk(ga: GridArrays, spacing, stars: StarArrays, table, keys, pr
     return _Chunk(draws, jnp.take_along_axis(flat, pick, 1), ess, lz - jnp.log(float(T * S)), points, image)
 
 
-def _histogram(mu, E, w, bins: ImageBins):
+def _histogram(mu, E, w, bins: ImageGrid):
     """(n, nμ, nE) weighted histogram, normalized per star to sum 1 (0 when no weight falls inside)."""
-    i = jnp.floor((mu - bins.mu_lo) / (bins.mu_hi - bins.mu_lo) * bins.n_mu).astype(jnp.int32)
-    j = jnp.floor((E - bins.E_lo) / (bins.E_hi - bins.E_lo) * bins.n_E).astype(jnp.int32)
-    j = jnp.where(E == bins.E_hi, bins.n_E - 1, j)
+    i = jnp.floor((mu - bins.mu_min) / (bins.mu_max - bins.mu_min) * bins.n_mu).astype(jnp.int32)
+    j = jnp.floor((E - bins.E_min) / (bins.E_max - bins.E_min) * bins.n_E).astype(jnp.int32)
+    j = jnp.where(E == bins.E_max, bins.n_E - 1, j)
     inside = (i >= 0) & (i < bins.n_mu) & (j >= 0) & (j < bins.n_E)
     flat = jnp.where(inside, i * bins.n_E + j, 0)
     w = jnp.where(inside, w, 0.0)
@@ -236,7 +226,7 @@ class GridFit:
 
 
 def grid_posterior(grid: ThetaGrid, stars: StarArrays, prior=None, settings: GridSettings = GridSettings(),
-                   key=None, images: ImageBins | None = None, n_chains: int = 0, source_id=None, flags=None,
+                   key=None, images: ImageGrid | None = None, n_chains: int = 0, source_id=None, flags=None,
                    table=None, progress=None, return_points: bool = False, arrays: GridArrays | None = None) -> GridFit:
     """Grid posterior of N stars, Eqs. (P1)–(P2), as resampled draws (and images, NUTS seeds).
 
@@ -248,7 +238,7 @@ def grid_posterior(grid: ThetaGrid, stars: StarArrays, prior=None, settings: Gri
         None: flat in μ, flat E on [0, 7], no θ prior beyond ``grid.ln_prior``.
     settings : GridSettings
     key : jax PRNG key (default PRNGKey(0)); star i uses fold_in(key, i), so chunking does not change results
-    images : ImageBins or None
+    images : ImageGrid or None
         Also return per-star (μ, E) images on these bins.
     n_chains : int
         > 0: also return :class:`~photoinfer.grid.engine.InitialPoints` for that many NUTS chains.
@@ -361,7 +351,7 @@ def _to_fitresult(draws, draw_lw, ess, flags, source_id, grid, s: GridSettings) 
 
 
 def grid_fit(model, catalog, prior=None, spacing="fine", settings: GridSettings = GridSettings(), seed: int = 0,
-             images: ImageBins | None = None, n_chains: int = 0, grid: ThetaGrid | None = None,
+             images: ImageGrid | None = None, n_chains: int = 0, grid: ThetaGrid | None = None,
              progress=None) -> GridFit:
     """Grid posterior of every star of a :class:`~photoinfer.catalog.Catalog` (convenience wrapper).
 
@@ -378,7 +368,7 @@ def grid_fit(model, catalog, prior=None, spacing="fine", settings: GridSettings 
                           catalog.source_id, catalog.flags, progress=progress)
 
 
-def mu_E_images(grid: ThetaGrid, stars: StarArrays, prior=None, bins: ImageBins = ImageBins(),
+def mu_E_images(grid: ThetaGrid, stars: StarArrays, prior=None, bins: ImageGrid = ImageGrid(),
                 settings: GridSettings = GridSettings(), key=None) -> np.ndarray:
     """Per-star (μ, E) posterior images from the weighted grid, shape (N, nμ, nE) float32.
 
