@@ -47,8 +47,9 @@ SHARED = REPO.parent / "shared" / "data" / "green2020"
 PARAMS = ("teff", "logg", "feh", "mu", "E")
 
 
-def prior_predictive_mock(model, grid, table, row, E_max, n, rng):
-    """θ, μ drawn from p(θ) p(μ, [M/H]) (the fit's prior, on the grid's cells), E ~ U(0, E_max)."""
+def prior_predictive_mock(model, grid, table, row, E_max, n, rng, sigma_model=GridSettings.sigma_model):
+    """θ, μ drawn from p(θ) p(μ, [M/H]) (the fit's prior, on the grid's cells), E ~ U(0, E_max); magnitudes
+    with noise N(0, σ² + σ_model²), the fit's own likelihood (reported errors σ)."""
     t = np.asarray(table.values)
     mus = table.mu0 + table.dmu * np.arange(t.shape[1])
     lp = grid.ln_prior[:, None] + t[row]                                    # (G, nμ)
@@ -60,6 +61,8 @@ def prior_predictive_mock(model, grid, table, row, E_max, n, rng):
     true_mag = np.asarray(model.predict_magnitudes(theta.astype(np.float32), mu, E), np.float64)
     em = DEFAULT_ERROR_MODEL.for_bands(model.bands.keys)
     mag, err = observe_photometry(rng, true_mag, em)
+    # the fit's likelihood has the model floor σ_model in quadrature (METHOD §8): draw the noise from it
+    mag = mag + sigma_model * rng.normal(size=mag.shape)
     plx_err = parallax_error(em, true_mag[:, 0])
     has = np.isfinite(mag[:, 0])
     plx = np.where(has, 10 ** (2 - mu / 5) + plx_err * rng.normal(size=n), np.nan)
