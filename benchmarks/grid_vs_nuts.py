@@ -252,7 +252,7 @@ def main(argv=None):
     ap.add_argument("--n-real", type=int, default=8000)
     ap.add_argument("--n-numpy", type=int, default=200)
     ap.add_argument("--n-nuts", type=int, default=2000, help="mock stars fit with NUTS too (the first ones)")
-    ap.add_argument("--n-real-nuts", type=int, default=8000, help="real stars fit with NUTS too (the first ones)")
+    ap.add_argument("--n-real-nuts", type=int, default=8000, help="real stars fit with NUTS too (a seeded random subset)")
     ap.add_argument("--repeat", type=int, default=3, help="alternating NumPy/JAX timings (median ratio reported)")
     ap.add_argument("--num-warmup", type=int, default=300)
     ap.add_argument("--num-samples", type=int, default=250)
