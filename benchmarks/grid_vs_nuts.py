@@ -40,34 +40,9 @@ from photoinfer.grid.posterior import GridSettings, grid_posterior  # noqa: E402
 from photoinfer.infer.prior import build_prior  # noqa: E402
 from photoinfer.io.catalogs import read_catalog  # noqa: E402
 from photoinfer.io.models import load_model  # noqa: E402
-from photoinfer.mock_errors import DEFAULT_ERROR_MODEL, parallax_error  # noqa: E402
-from photoinfer.simulate import observe_photometry  # noqa: E402
+from photoinfer.grid.mock import PARAMS, prior_predictive_mock  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data" / "green2020"
-PARAMS = ("teff", "logg", "feh", "mu", "E")
-
-
-def prior_predictive_mock(model, grid, table, row, E_max, n, rng, sigma_model=GridSettings.sigma_model):
-    """θ, μ drawn from p(θ) p(μ, [M/H]) (the fit's prior, on the grid's cells), E ~ U(0, E_max); magnitudes
-    with noise N(0, σ² + σ_model²), the fit's own likelihood (reported errors σ)."""
-    t = np.asarray(table.values)
-    mus = table.mu0 + table.dmu * np.arange(t.shape[1])
-    lp = grid.ln_prior[:, None] + t[row]                                    # (G, nμ)
-    p = np.exp(lp - lp.max()).ravel()
-    g, k = np.unravel_index(rng.choice(p.size, size=n, p=p / p.sum()), lp.shape)
-    theta = grid.theta[g] + (rng.uniform(size=(n, 3)) - 0.5) * grid.spacing
-    mu = mus[k] + (rng.uniform(size=n) - 0.5) * table.dmu
-    E = rng.uniform(0.0, E_max, n)
-    true_mag = np.asarray(model.predict_magnitudes(theta.astype(np.float32), mu, E), np.float64)
-    em = DEFAULT_ERROR_MODEL.for_bands(model.bands.keys)
-    mag, err = observe_photometry(rng, true_mag, em)
-    # the fit's likelihood has the model floor σ_model in quadrature (METHOD §8): draw the noise from it
-    mag = mag + sigma_model * rng.normal(size=mag.shape)
-    plx_err = parallax_error(em, true_mag[:, 0])
-    has = np.isfinite(mag[:, 0])
-    plx = np.where(has, 10 ** (2 - mu / 5) + plx_err * rng.normal(size=n), np.nan)
-    truth = dict(zip(PARAMS, (theta[:, 0], theta[:, 1], theta[:, 2], mu, E)))
-    return mag, err, plx, np.where(has, plx_err, np.nan), truth
 
 
 def draws_of(fit):
