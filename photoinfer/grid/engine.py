@@ -71,6 +71,11 @@ class ThetaGrid:
     density : ndarray, shape (G,)
         The model's validity score (smallest density over its maps) at each point.
     bands : tuple of str
+    network : dict or None
+        The model's network parameters with ``theta_med`` / ``theta_std``, to evaluate M(θ), R(θ)
+        anywhere in a cell (the continuous-θ posterior); None: only the points can be used.
+    stellar : callable or None
+        The ln p(Teff, logg | [M/H]) that gave ``ln_prior`` (evaluated anywhere in a cell).
     """
 
     theta: np.ndarray
@@ -81,6 +86,8 @@ class ThetaGrid:
     feh_axis: np.ndarray
     density: np.ndarray
     bands: tuple
+    network: dict | None = None
+    stellar: object = None
 
     def __len__(self) -> int:
         return len(self.theta)
@@ -141,7 +148,10 @@ def make_theta_grid(model, spacing="fine", min_density: float = 1e-2, stellar_pr
            else np.asarray(stellar_prior(theta), np.float32))
     return ThetaGrid(theta=theta, M=M.astype(np.float32), R=R.astype(np.float32), ln_prior=lnp, spacing=step,
                      feh_axis=np.unique(theta[:, 2]), density=dens[keep].astype(np.float32),
-                     bands=tuple(model.bands.names))
+                     bands=tuple(model.bands.names),
+                     network={"params": model.params, "theta_med": np.asarray(model.theta_med, np.float32),
+                              "theta_std": np.asarray(model.theta_std, np.float32)},
+                     stellar=stellar_prior)
 
 
 # ----------------------------------------------------------------------------------------- stars
@@ -352,6 +362,18 @@ def lookup_position_table(table: PositionTable, row, mu):
     return v0 + f * (flat[k + 1] - v0)
 
 
+def lookup_position_table_continuous(table: PositionTable, feh0, dfeh, feh, mu):
+    """ln p(μ, [M/H]) bilinear in ([M/H], μ): the table's rows are at [M/H] = feh0 + k·dfeh (clamped)."""
+    nf = table.values.shape[0]
+    if nf == 1:
+        return lookup_position_table(table, 0, mu)
+    c = jnp.clip((feh - feh0) / dfeh, 0.0, nf - 1.0)
+    r = jnp.minimum(jnp.floor(c), nf - 2.0)
+    f = c - r
+    r = r.astype(jnp.int32)
+    return (1.0 - f) * lookup_position_table(table, r, mu) + f * lookup_position_table(table, r + 1, mu)
+
+
 def log_prior_position(prior, table, row, feh, mu, l, b):
     """ln p(μ, [M/H] | l, b): from the table when given (position-free prior), else evaluated at (l, b)."""
     if table is not None:
@@ -489,6 +511,8 @@ class GridArrays(NamedTuple):
     c : (G,) band mean of M [mag]
     M, R : (G, B); ln_prior : (G,); theta : (G, 3)
     row : (G,) int32, index of the point's [M/H] in ``ThetaGrid.feh_axis`` (rows of :class:`PositionTable`)
+    feh_axis : (nF,) the lattice's [M/H] values
+    network : dict (params, theta_med, theta_std) or None, see :class:`ThetaGrid`
     """
 
     features: jnp.ndarray
@@ -498,6 +522,8 @@ class GridArrays(NamedTuple):
     ln_prior: jnp.ndarray
     theta: jnp.ndarray
     row: jnp.ndarray
+    feh_axis: jnp.ndarray
+    network: dict | None
 
 
 def grid_arrays(grid: ThetaGrid) -> GridArrays:
@@ -509,8 +535,9 @@ def grid_arrays(grid: ThetaGrid) -> GridArrays:
     feats = np.stack([R.T, (R * R).T, Mc.T, (Mc * Mc).T, (R * Mc).T]).astype(np.float32)
     row = np.searchsorted(grid.feh_axis, grid.theta[:, 2] - 1e-4).astype(np.int32)
     f32 = lambda a: jnp.asarray(a, jnp.float32)  # noqa: E731
+    net = None if grid.network is None else jax.tree_util.tree_map(f32, grid.network)
     return GridArrays(jnp.asarray(feats), f32(c), f32(grid.M), f32(grid.R), f32(grid.ln_prior), f32(grid.theta),
-                      jnp.asarray(row))
+                      jnp.asarray(row), f32(grid.feh_axis), net)
 
 
 def solve_mu_E_grid(ga: GridArrays, mag, weight) -> MuESolution:

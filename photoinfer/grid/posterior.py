@@ -43,6 +43,7 @@ from ..fitresult import PARAMETERS, SUMMARY_COLUMNS, FitResult, distance_from_mu
 from ..sightline import ImageGrid
 from .engine import (GridArrays, GridResult, StarArrays, ThetaGrid, approximate_log_weight, gauss_newton_parallax,
                      grid_arrays, initial_points, log_prior_E_conditional, log_prior_position, log_truncation,
+                     lookup_position_table_continuous,
                      make_theta_grid, parallax_of_mu, position_table, solve_mu_E_direct, solve_mu_E_grid, star_arrays,
                      _pad_rows)
 
@@ -57,6 +58,10 @@ class GridSettings:
 
     keep : grid points drawn per star from the Laplace weights (systematic sampling: a point of
         proposal mass p gets ⌊keep·p⌋ or ⌈keep·p⌉ copies), each with ``n_mu`` μ draws
+    continuous : each drawn copy is moved to a uniform random θ within its point's cell and weighed
+        there exactly (M(θ), R(θ), p(θ) evaluated at that θ): the posterior of continuous θ, free of
+        the grid's discretization (default).  False: θ at the points (a posterior on the lattice),
+        spread uniformly over the cell only when drawn
     n_mu : importance draws in μ per drawn point (stratified)
     inflate : proposal width / Gauss–Newton posterior width in μ
     n_draws : resampled posterior draws per star
@@ -68,6 +73,7 @@ class GridSettings:
 
     keep: int = 1024
     n_mu: int = 4
+    continuous: bool = True
     inflate: float = 1.5
     n_draws: int = 1000
     sigma_model: float = 0.02
@@ -104,9 +110,22 @@ def _truncated_normal(u, mean, var, lo, hi):
 _GOLDEN = 0.6180339887498949
 
 
-@partial(jax.jit, static_argnames=("prior", "n_points", "n_mu", "n_draws", "bins", "inflate"))
+def _in_cell(ga: GridArrays, stellar, spacing, tk, u):
+    """θ moved by u·spacing (u ∈ [−½, ½)³) within its cell, with M(θ), R(θ) and ln p(θ) there."""
+    from ..model import network
+    th = tk + u * spacing
+    net = ga.network
+    x = (th - net["theta_med"]) / net["theta_std"]
+    am = network.colour_basis_absolute(net["params"], x)
+    M = am.at[..., 1:].add(am[..., :1])
+    R = network.extinction_vector(net["params"], x)
+    lp = jnp.zeros(th.shape[:-1], jnp.float32) if stellar is None else stellar(th)
+    return th, M, R, lp
+
+
+@partial(jax.jit, static_argnames=("prior", "n_points", "n_mu", "n_draws", "bins", "inflate", "stellar"))
 def _posterior_chunk(ga: GridArrays, spacing, stars: StarArrays, table, keys, prior, n_points: int, n_mu: int,
-                     n_draws: int, inflate: float, bins):
+                     n_draws: int, inflate: float, bins, stellar=None):
     n = stars.mag.shape[0]
     T, S = n_points, n_mu
     ks = jax.vmap(lambda k: jax.random.split(k, 6))(keys)                          # (n, 6, 2)
@@ -126,6 +145,9 @@ def _posterior_chunk(ga: GridArrays, spacing, stars: StarArrays, table, keys, pr
               - jax.vmap(lambda a: jnp.searchsorted(a, a, side="left"))(idx))
     n_points = jnp.sum(jnp.concatenate([jnp.ones((n, 1), bool), idx[:, 1:] != idx[:, :-1]], 1), axis=1)
     Mk, Rk, lk, tk, rk = ga.M[idx], ga.R[idx], ga.ln_prior[idx], ga.theta[idx], ga.row[idx]
+    continuous = ga.network is not None
+    if continuous:    # each copy at its own uniform θ in the cell: proposal density q(point)/V there
+        tk, Mk, Rk, lk = _in_cell(ga, stellar, spacing, tk, _uniform(k4, (T, 3)) - 0.5)
     # 3. exact (μ, E) Gaussian at each drawn point; μ proposal from the parallax-updated Gaussian
     sol = solve_mu_E_direct(Mk, Rk, stars.mag, stars.weight)                       # (n, T)
     ex = lambda a: a[:, None]  # noqa: E731
@@ -149,9 +171,13 @@ def _posterior_chunk(ga: GridArrays, spacing, stars: StarArrays, table, keys, pr
     # (P2): parallax (exact) and the position prior
     plx, plx_err = stars.parallax[:, None, None], stars.parallax_err[:, None, None]
     ln_plx = jnp.where(jnp.isfinite(plx_err), -0.5 * ((plx - parallax_of_mu(mu)) / plx_err) ** 2, 0.0)
-    ln_pos = (0.0 if prior is None else
-              log_prior_position(prior, table, rk[..., None], tk[..., 2:3], mu, stars.l[:, None, None],
-                                 stars.b[:, None, None]))
+    if prior is None:
+        ln_pos = 0.0
+    elif continuous and table is not None:
+        ln_pos = lookup_position_table_continuous(table, ga.feh_axis[0], spacing[2], tk[..., 2:3], mu)
+    else:
+        ln_pos = log_prior_position(prior, table, rk[..., None], tk[..., 2:3], mu, stars.l[:, None, None],
+                                    stars.b[:, None, None])
     lw = ln_phot + ln_plx + ln_pos + lk[..., None] - ln_q
     lw = jnp.where(jnp.isfinite(lw), lw, -jnp.inf)
     flat = lw.reshape(n, T * S)
@@ -176,7 +202,8 @@ def _posterior_chunk(ga: GridArrays, spacing, stars: StarArrays, table, keys, pr
                             take(jnp.broadcast_to(hi, mu.shape)))
     p = pick // S
     th = jnp.take_along_axis(tk, p[..., None], 1)
-    th = th + (_uniform(k4, th.shape[1:]) - 0.5) * spacing
+    if not continuous:
+        th = th + (_uniform(k4, th.shape[1:]) - 0.5) * spacing
     draws = jnp.concatenate([th, mu_d[..., None], E_d[..., None]], -1)
     if bins is None:
         image = jnp.zeros((n, 0, 0), jnp.float32)
@@ -270,6 +297,8 @@ def grid_posterior(grid: ThetaGrid, stars: StarArrays, prior=None, settings: Gri
     if prior is not None and s.position_free:
         tab = position_table(prior, grid.feh_axis) if table is None else table
     ga = grid_arrays(grid) if arrays is None else arrays
+    if not s.continuous or grid.network is None:
+        ga = ga._replace(network=None)
     spacing = jnp.asarray(grid.spacing, jnp.float32)
     D = s.n_draws
     draws = np.full((n, D, 5), np.nan, np.float32)
@@ -284,7 +313,7 @@ def grid_posterior(grid: ThetaGrid, stars: StarArrays, prior=None, settings: Gri
         part = StarArrays(*[jnp.asarray(_pad_rows(np.asarray(a)[rows], s.star_chunk)) for a in stars])
         keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.asarray(_pad_rows(rows, s.star_chunk)))
         out = _posterior_chunk(ga, spacing, part, tab, keys, prior, int(s.keep), int(s.n_mu), D, float(s.inflate),
-                               images)
+                               images, grid.stellar)
         k = len(rows)
         draws[rows] = np.asarray(out.draws)[:k]
         draw_lw[rows] = np.asarray(out.draw_logw)[:k]
