@@ -115,7 +115,7 @@ def _as_chains(result: FitResult, C: int, S: int) -> FitResult:
 
 def fit_with_method(model, catalog, method: str = "nuts", *, prior: str = "bayestar", dust: str = "flat",
                     E_max: float | None = None, use_parallax: bool = True, use_position: bool = True, seed: int = 0,
-                    grid: str = "fine", grid_settings=None, min_grid_ess: float = 200.0, exact: bool = False,
+                    grid: str = "coarse", grid_settings=None, min_grid_ess: float = 200.0, exact: bool = False,
                     images=None, num_warmup: int = 300, num_samples: int = 250, num_chains: int = 4,
                     batch_size: int = 25, callback=None):
     """Fit every star of ``catalog`` with ``method`` (see the module docstring).

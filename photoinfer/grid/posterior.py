@@ -379,7 +379,7 @@ def _to_fitresult(draws, draw_lw, ess, flags, source_id, grid, s: GridSettings) 
                      method="grid", attrs=attrs)
 
 
-def grid_fit(model, catalog, prior=None, spacing="fine", settings: GridSettings = GridSettings(), seed: int = 0,
+def grid_fit(model, catalog, prior=None, spacing="coarse", settings: GridSettings = GridSettings(), seed: int = 0,
              images: ImageGrid | None = None, n_chains: int = 0, grid: ThetaGrid | None = None,
              progress=None) -> GridFit:
     """Grid posterior of every star of a :class:`~photoinfer.catalog.Catalog` (convenience wrapper).
