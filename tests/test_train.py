@@ -342,6 +342,27 @@ def test_train_parallax_residual_uses_all_parallaxes_and_resumes(tiny, trained_p
         TrainConfig(parallax_residual="log")
 
 
+# ---------------------------------------------------------------------- Tweedie de-noised θ (option)
+def test_tweedie_theta_is_the_gaussian_posterior_mean():
+    """θ ~ N(m, S), θ̂ = θ + N(0, C): Tweedie's θ̂ + C ∇ln p(θ̂) from the KDE (bandwidth h) of θ̂ is the
+    posterior mean m + S(S + C)⁻¹(θ̂ − m), up to the KDE's widening (C/(S + C + h²) instead of
+    C/(S + C)); checked by the slope of the shift against θ̂ − m in the core, per component."""
+    from photoinfer.train.denoise import TWEEDIE_BANDWIDTH, tweedie_theta
+    rng = np.random.default_rng(seed())
+    n = 200000
+    m, S, C = np.array([5500.0, 3.5, -0.3]), np.array([400.0, 0.8, 0.4]) ** 2, np.array([60.0, 0.12, 0.07]) ** 2
+    obs = m + rng.normal(size=(n, 3)) * np.sqrt(S) + rng.normal(size=(n, 3)) * np.sqrt(C)
+    dn = tweedie_theta(obs, np.broadcast_to(np.diag(C), (n, 3, 3)))
+    for i in range(3):
+        x = obs[:, i] - m[i]
+        core = np.abs(x) < 1.5 * np.sqrt(S[i] + C[i])
+        slope = np.polyfit(x[core], (dn - obs)[core, i], 1)[0]
+        expected = -C[i] / (S[i] + C[i] + TWEEDIE_BANDWIDTH[i] ** 2)
+        assert abs(slope / expected - 1) < 0.05, (i, slope, expected)
+    with pytest.raises(ValueError, match="theta_denoise"):
+        TrainConfig(theta_denoise="kde")
+
+
 # ---------------------------------------------------------------------- slow: truth recovery (must-show)
 @pytest.mark.slow
 @pytest.mark.xfail(strict=False, reason="measured not to meet the targets (benchmarks/results/truth_recovery*.json): "

@@ -45,6 +45,10 @@ def add_arguments(p) -> None:
                    help="how the parallax enters y1: magnitude (the paper: mu_hat = 10 - 5 log10 parallax, stars with "
                         "sigma/parallax <= 0.2) or parallax (the parallax residual for every star with a parallax, "
                         "linearized about the current model; see docs/training.md).  Default magnitude")
+    p.add_argument("--theta-denoise", choices=("none", "tweedie"), default="none",
+                   help="feed the network the measured theta (none, the paper; default) or its posterior mean by "
+                        "Tweedie's formula, theta + C_theta grad ln p(theta) with p the KDE of the training stars' "
+                        "theta (tweedie; removes the first-order errors-in-variables bias; see docs/training.md)")
     p.add_argument("--init", metavar="MODEL", default=None,
                    help="start from this model's weights and θ normalization (fine-tuning); a model file, the "
                         "released Keras .h5, or 'green2020'")
@@ -79,7 +83,7 @@ def run(args) -> int:
     cat = read_catalog(args.catalog)
     log.info("catalog: %s, %d stars", args.catalog, len(cat))
     config = TrainConfig(iterations=args.iterations, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-                         parallax_residual=args.parallax_residual)
+                         parallax_residual=args.parallax_residual, theta_denoise=args.theta_denoise)
     init = load_model(args.init) if args.init else None
     fingerprint = catalog_fingerprint(cat)
     ckdir = checkpoint_dir(out)
@@ -138,6 +142,8 @@ def _argv(args):
              f"--epochs {args.epochs}", f"--batch-size {args.batch_size}", f"--seed {args.seed}"]
     if args.parallax_residual != "magnitude":
         parts.append(f"--parallax-residual {args.parallax_residual}")
+    if args.theta_denoise != "none":
+        parts.append(f"--theta-denoise {args.theta_denoise}")
     if args.init:
         parts.append(f"--init {args.init}")
     return parts

@@ -112,7 +112,7 @@ def check_compatible(meta: dict, config: TrainConfig, fingerprint: str, path) ->
         raise ValueError(f"the checkpoint {path} was made from a different catalog; delete it or use --restart")
     new = config.to_dict()
     for key in TrainConfig.RESUME_KEYS:
-        old = meta["config"].get(key, new[key] if key == "parallax_residual" and new[key] == "magnitude" else None)
-        if old != new[key]:  # (checkpoints older than the parallax_residual option used "magnitude")
+        old = meta["config"].get(key, getattr(TrainConfig, key, None))  # (a setting newer than the checkpoint:
+        if old != new[key]:                                             # it was made with the default)
             raise ValueError(f"the checkpoint {path} was made with {key} = {old}, this run has "
                              f"{new[key]}; use the same settings, or --restart to start over")

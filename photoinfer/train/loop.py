@@ -65,6 +65,11 @@ class TrainConfig:
         parallax (any S/N, negative included) enters through the parallax residual
         (ϖ̂ − ϖ_model)/(ϖ_lin·ln10/5), linearized about the current model after every iteration
         (:mod:`photoinfer.train.parallax`); free of the selection on ϖ̂ and of the log bias.
+    theta_denoise : {"none", "tweedie"}
+        What θ the network is fed: the measured θ̂ (``"none"``, the paper) or the posterior mean
+        θ̂ + C_θ ∇ ln p(θ̂) by Tweedie's formula, p the KDE of the training stars' θ̂
+        (:mod:`photoinfer.train.denoise`): removes the first-order errors-in-variables bias of
+        regressing on noisy θ̂.  C_θ in C_y is unchanged.
     """
 
     iterations: int = 20
@@ -86,8 +91,12 @@ class TrainConfig:
     init_output_bias: bool = True
     max_cut_fraction: float = 0.5
     parallax_residual: str = "magnitude"
+    theta_denoise: str = "none"
 
     def __post_init__(self):
+        from .denoise import DENOISE
+        if self.theta_denoise not in DENOISE:
+            raise ValueError(f"TrainConfig.theta_denoise must be one of {DENOISE}, not {self.theta_denoise!r}")
         from .parallax import RESIDUALS
         if self.parallax_residual not in RESIDUALS:
             raise ValueError(f"TrainConfig.parallax_residual must be one of {RESIDUALS}, not {self.parallax_residual!r}")
@@ -103,7 +112,7 @@ class TrainConfig:
     #: Settings that must agree between a checkpoint and the run resuming it (iterations may grow).
     RESUME_KEYS = ("epochs", "batch_size", "seed", "learning_rate", "lr_decay", "split", "max_sigma_E0_first",
                    "cut_start", "cut_end", "cut_k_end", "n_hidden", "l2_hidden", "l1_extinction",
-                   "init_output_bias", "max_cut_fraction", "parallax_residual")
+                   "init_output_bias", "max_cut_fraction", "parallax_residual", "theta_denoise")
 
 
 @dataclass
@@ -313,6 +322,12 @@ def train(cat: Catalog, config: TrainConfig = TrainConfig(), *, init: StellarMod
     if len(state.E) != n:
         raise ValueError(f"the resumed state has {len(state.E)} stars, the catalog {cat.name} {n}")
     data = star_data(cat)
+    if cfg.theta_denoise == "tweedie":
+        from .denoise import tweedie_theta
+        ok = usable & np.isfinite(cat.theta).all(axis=1) & np.isfinite(cat.theta_cov).all(axis=(1, 2))
+        theta_net = np.array(np.nan_to_num(cat.theta), np.float64)
+        theta_net[ok] = tweedie_theta(cat.theta[ok], cat.theta_cov[ok], reference=cat.theta[ok & (split == schedule.TRAIN)])
+        data = data._replace(theta=jnp.asarray(theta_net, jnp.float32))
     y_obs_paper = np.asarray(data.y_obs)  # the validity maps keep the paper's parallax sample
     px = None
     if cfg.parallax_residual == "parallax":
@@ -377,7 +392,7 @@ def train(cat: Catalog, config: TrainConfig = TrainConfig(), *, init: StellarMod
         epochs_s = t_rebuild - t_epochs
         W_dev = None
         if px is not None:  # relinearize the parallax residual about the current model (at the current E)
-            mu_lin = model_distance_modulus(params, med32, std32, px.mag_ref, cat.theta, E)
+            mu_lin = model_distance_modulus(params, med32, std32, px.mag_ref, np.asarray(data.theta), E)
             data = linearized_data(data, px, mu_lin)
         E_new, var_new, W_host, red, _ = rebuild_all(params, med32, std32, data, cfg.rebuild_batch_size)
         W_dev = jnp.asarray(W_host)
