@@ -90,7 +90,7 @@ def scaled_errors(theta_scale: float = 1.0, parallax_scale: float = 1.0):
 
 def run(n=200000, seed=1, iterations=20, epochs=25, batch_size=1024, out=None, theta_error_scale=1.0,
         save_model=None, parallax_error_scale=1.0, reddening_prior_error="berkson", parallax_residual="magnitude",
-        theta_denoise="none"):
+        theta_denoise="none", scale_step=False):
     from photoinfer.evaluate import star_data, update_reddening
     from photoinfer.io.models import load_model
     from photoinfer.simulate import simulate_catalog
@@ -105,6 +105,8 @@ def run(n=200000, seed=1, iterations=20, epochs=25, batch_size=1024, out=None, t
     extra_cfg = {} if parallax_residual == "magnitude" else {"parallax_residual": parallax_residual}
     if theta_denoise != "none":
         extra_cfg["theta_denoise"] = theta_denoise
+    if scale_step:
+        extra_cfg["scale_step"] = True
     cfg = TrainConfig(iterations=iterations, epochs=epochs, batch_size=batch_size, seed=seed, **extra_cfg)
     t0 = time.perf_counter()
     model, hist = train(cat, cfg)
@@ -147,8 +149,9 @@ def run(n=200000, seed=1, iterations=20, epochs=25, batch_size=1024, out=None, t
         "command": f"python benchmarks/truth_recovery.py --n {n} --seed {seed} --iterations {iterations} "
                    f"--epochs {epochs} --batch-size {batch_size} --theta-error-scale {theta_error_scale} "
                    f"--parallax-error-scale {parallax_error_scale} --reddening-prior-error {reddening_prior_error} "
-                   f"--parallax-residual {parallax_residual} --theta-denoise {theta_denoise}",
-        "theta_denoise": theta_denoise,
+                   f"--parallax-residual {parallax_residual} --theta-denoise {theta_denoise}" + (" --scale-step" if scale_step else ""),
+        "theta_denoise": theta_denoise, "scale_step": scale_step,
+        "R_scale_per_iteration": [r.get("R_scale", 1.0) for r in hist.iterations],
         "reddening_prior_error": reddening_prior_error, "parallax_residual": parallax_residual,
         "theta_error_scale": theta_error_scale, "parallax_error_scale": parallax_error_scale,
         "theta_err_median": np.median(sig_th, axis=0).tolist(),
@@ -197,15 +200,17 @@ def main(argv=None):
                    help="training's y1 treatment (docs/training.md; default magnitude: the paper's)")
     p.add_argument("--theta-denoise", choices=("none", "tweedie"), default="none",
                    help="feed the network Tweedie-de-noised θ (docs/training.md; default none: the paper)")
+    p.add_argument("--scale-step", action="store_true",
+                   help="training's E·R scale step (docs/training.md; default off: the paper)")
     p.add_argument("--save-model", default=None, metavar="PATH", help="also write the trained model here")
     p.add_argument("--out", default=None, help="default benchmarks/results/truth_recovery_<prior>_<residual>[_thetaerrX][_plxerrY][_nN].json")
     a = p.parse_args(argv)
     tag = "".join(f"_{k}{v:g}" for k, v in (("thetaerr", a.theta_error_scale), ("plxerr", a.parallax_error_scale))
                   if v != 1.0)
-    tag = f"_{a.reddening_prior_error}_{a.parallax_residual}" + ("_tweedie" if a.theta_denoise == "tweedie" else "") + tag + (f"_n{a.n}" if a.n != 200000 else "")
+    tag = f"_{a.reddening_prior_error}_{a.parallax_residual}" + ("_tweedie" if a.theta_denoise == "tweedie" else "") + ("_scale" if a.scale_step else "") + tag + (f"_n{a.n}" if a.n != 200000 else "")
     out = a.out or str(REPO / "benchmarks" / "results" / f"truth_recovery{tag}.json")
     print(json.dumps(run(a.n, a.seed, a.iterations, a.epochs, a.batch_size, out, a.theta_error_scale, a.save_model,
-                         a.parallax_error_scale, a.reddening_prior_error, a.parallax_residual, a.theta_denoise), indent=1))
+                         a.parallax_error_scale, a.reddening_prior_error, a.parallax_residual, a.theta_denoise, a.scale_step), indent=1))
 
 
 if __name__ == "__main__":

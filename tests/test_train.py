@@ -363,6 +363,33 @@ def test_tweedie_theta_is_the_gaussian_posterior_mean():
         TrainConfig(theta_denoise="kde")
 
 
+# ---------------------------------------------------------------------- the E·R scale step (option)
+def test_scale_step_is_invisible_to_photometry_and_recovers_the_scale(released_model):
+    """R → sR with E → E/s leaves y unchanged; the maximum-likelihood scale from photometric reddenings
+    of a model whose R is 1.1× too large (e = E/1.1 + noise) and Berkson priors is 1/1.1, within 4σ
+    of its Fisher error."""
+    from photoinfer.train.scale import apply_scale, best_scale
+    rng = np.random.default_rng(seed())
+    th = np.array([[5000.0, 3.0, -0.2], [5800.0, 4.4, 0.0], [4200.0, 1.8, -0.8]], np.float32)
+    E = np.array([0.1, 0.5, 2.0], np.float32)
+    p2 = apply_scale(released_model.params, 1.3)
+    y1 = released_model.predict_y(th, E)
+    y2 = released_model.replace(params=p2).predict_y(th, E / 1.3)
+    np.testing.assert_allclose(np.asarray(y2), np.asarray(y1), atol=2e-5)
+    np.testing.assert_allclose(np.asarray(released_model.replace(params=p2).extinction(th)),
+                               1.3 * np.asarray(released_model.extinction(th)), rtol=1e-5)
+    n = 50000
+    E0 = rng.uniform(0.0, 1.0, n)
+    sig = rng.uniform(0.02, 0.1, n)
+    E_true = E0 + sig * rng.normal(size=n)
+    sig_phot = rng.uniform(0.005, 0.05, n)
+    e = E_true / 1.1 + sig_phot * rng.normal(size=n)
+    q = 1 / sig_phot ** 2
+    s = best_scale(q, e * q, E0, sig)
+    fisher = np.sum(q * E0 ** 2 / (1 + q * sig ** 2 / 1.1 ** 2))
+    assert abs(s - 1 / 1.1) < 4 / np.sqrt(fisher), (s, 1 / 1.1, 1 / np.sqrt(fisher))
+
+
 # ---------------------------------------------------------------------- slow: truth recovery (must-show)
 @pytest.mark.slow
 @pytest.mark.xfail(strict=False, reason="measured not to meet the targets (benchmarks/results/truth_recovery*.json): "

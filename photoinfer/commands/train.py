@@ -49,6 +49,10 @@ def add_arguments(p) -> None:
                    help="feed the network the measured theta (none, the paper; default) or its posterior mean by "
                         "Tweedie's formula, theta + C_theta grad ln p(theta) with p the KDE of the training stars' "
                         "theta (tweedie; removes the first-order errors-in-variables bias; see docs/training.md)")
+    p.add_argument("--scale-step", action="store_true",
+                   help="after every iteration, set the overall scale of R (every E scaled inversely, which the "
+                        "photometry cannot see) to its maximum likelihood under the reddening priors (see "
+                        "docs/training.md; default off, the paper)")
     p.add_argument("--init", metavar="MODEL", default=None,
                    help="start from this model's weights and θ normalization (fine-tuning); a model file, the "
                         "released Keras .h5, or 'green2020'")
@@ -83,7 +87,8 @@ def run(args) -> int:
     cat = read_catalog(args.catalog)
     log.info("catalog: %s, %d stars", args.catalog, len(cat))
     config = TrainConfig(iterations=args.iterations, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-                         parallax_residual=args.parallax_residual, theta_denoise=args.theta_denoise)
+                         parallax_residual=args.parallax_residual, theta_denoise=args.theta_denoise,
+                         scale_step=args.scale_step)
     init = load_model(args.init) if args.init else None
     fingerprint = catalog_fingerprint(cat)
     ckdir = checkpoint_dir(out)
@@ -144,6 +149,8 @@ def _argv(args):
         parts.append(f"--parallax-residual {args.parallax_residual}")
     if args.theta_denoise != "none":
         parts.append(f"--theta-denoise {args.theta_denoise}")
+    if args.scale_step:
+        parts.append("--scale-step")
     if args.init:
         parts.append(f"--init {args.init}")
     return parts

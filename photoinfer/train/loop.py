@@ -70,6 +70,11 @@ class TrainConfig:
         θ̂ + C_θ ∇ ln p(θ̂) by Tweedie's formula, p the KDE of the training stars' θ̂
         (:mod:`photoinfer.train.denoise`): removes the first-order errors-in-variables bias of
         regressing on noisy θ̂.  C_θ in C_y is unchanged.
+    scale_step : bool
+        After every iteration's epochs, set the overall scale of R (with every E scaled inversely:
+        the photometry cannot see it) to its maximum-likelihood value under the reddening priors
+        (:mod:`photoinfer.train.scale`); the iteration record gives the factor (``R_scale``).
+        Off: the paper's alternation alone, along which the scale drifts.
     """
 
     iterations: int = 20
@@ -92,6 +97,7 @@ class TrainConfig:
     max_cut_fraction: float = 0.5
     parallax_residual: str = "magnitude"
     theta_denoise: str = "none"
+    scale_step: bool = False
 
     def __post_init__(self):
         from .denoise import DENOISE
@@ -112,7 +118,7 @@ class TrainConfig:
     #: Settings that must agree between a checkpoint and the run resuming it (iterations may grow).
     RESUME_KEYS = ("epochs", "batch_size", "seed", "learning_rate", "lr_decay", "split", "max_sigma_E0_first",
                    "cut_start", "cut_end", "cut_k_end", "n_hidden", "l2_hidden", "l1_extinction",
-                   "init_output_bias", "max_cut_fraction", "parallax_residual", "theta_denoise")
+                   "init_output_bias", "max_cut_fraction", "parallax_residual", "theta_denoise", "scale_step")
 
 
 @dataclass
@@ -391,6 +397,13 @@ def train(cat: Catalog, config: TrainConfig = TrainConfig(), *, init: StellarMod
         t_rebuild = time.perf_counter()
         epochs_s = t_rebuild - t_epochs
         W_dev = None
+        r_scale = 1.0
+        if cfg.scale_step:  # the E·R scale at its maximum likelihood (before relinearizing y₁ and the rebuild)
+            from .scale import apply_scale, best_scale, photometric_reddening
+            q, b = photometric_reddening(params, med32, std32, data, cfg.rebuild_batch_size)
+            sel = train_pool[included[train_pool]]
+            r_scale = best_scale(q[sel], b[sel], np.asarray(data.E0)[sel], np.asarray(data.sigma_E0)[sel])
+            params = apply_scale(params, r_scale)
         if px is not None:  # relinearize the parallax residual about the current model (at the current E)
             mu_lin = model_distance_modulus(params, med32, std32, px.mag_ref, np.asarray(data.theta), E)
             data = linearized_data(data, px, mu_lin)
@@ -414,7 +427,7 @@ def train(cat: Catalog, config: TrainConfig = TrainConfig(), *, init: StellarMod
                 "dE_rms": float(np.sqrt(np.mean(dE ** 2))) if len(dE) else 0.0,
                 "dE_max_abs": float(np.max(np.abs(dE))) if len(dE) else 0.0,
                 "train_loss": history["epochs"][-1]["train_loss"], "val_loss": history["epochs"][-1]["val_loss"],
-                "n_parallax": int(np.asarray(data.y_obs)[usable, 0].sum()), "epochs_seconds": epochs_s, "rebuild_seconds": time.perf_counter() - t_rebuild
+                "R_scale": r_scale, "n_parallax": int(np.asarray(data.y_obs)[usable, 0].sum()), "epochs_seconds": epochs_s, "rebuild_seconds": time.perf_counter() - t_rebuild
                 + (t_epochs - t0), "star_epochs_per_second": len(train_idx) * cfg.epochs / epochs_s}
         history["iterations"].append(irec)
         state = TrainState(k + 1, params, opt_state, state.theta_med, state.theta_std, E, var_E, included,
