@@ -139,6 +139,13 @@ def run(n=200000, seed=1, iterations=20, epochs=25, batch_size=1024, out=None, t
     E_u, var_u = jax.jit(jax.vmap(lambda s: lik.star_reddening_update(model.params, med, std, s, clip=False)))(
         star_data(sub))
     z_u = (np.asarray(E_u) - sub.extra["true_E"]) / np.sqrt(np.asarray(var_u))
+    # reference: the truth model's own z-scores on the same stars (what the σ_E clipping allows at best)
+    E_tr, var_tr = update_reddening(truth, star_data(sub))
+    z_truth = (E_tr - sub.extra["true_E"]) / np.sqrt(var_tr)
+    med0, std0 = jnp.asarray(truth.theta_med, jnp.float32), jnp.asarray(truth.theta_std, jnp.float32)
+    E_tu, var_tu = jax.jit(jax.vmap(lambda s: lik.star_reddening_update(truth.params, med0, std0, s, clip=False)))(
+        star_data(sub))
+    z_truth_u = (np.asarray(E_tu) - sub.extra["true_E"]) / np.sqrt(np.asarray(var_tu))
     # the training's own last reddening update (its y₁ treatment), held-out stars
     z_t = (hist.E[held] - cat.extra["true_E"][held]) / hist.sigma_E[held]
     z_t = z_t[np.isfinite(z_t)]
@@ -169,6 +176,7 @@ def run(n=200000, seed=1, iterations=20, epochs=25, batch_size=1024, out=None, t
         "E_z_std_robust": float((np.quantile(z, 0.84) - np.quantile(z, 0.16)) / 2),
         "E_z_unclipped_mean": float(np.mean(z_u)), "E_z_unclipped_std": float(np.std(z_u)),
         "E_z_unclipped_std_robust": float((np.quantile(z_u, 0.84) - np.quantile(z_u, 0.16)) / 2),
+        "E_z_truth_model_std": float(np.std(z_truth)), "E_z_truth_model_unclipped_std": float(np.std(z_truth_u)),
         "E_z_train_mean": float(np.mean(z_t)), "E_z_train_std": float(np.std(z_t)),
         "E_z_train_std_robust": float((np.quantile(z_t, 0.84) - np.quantile(z_t, 0.16)) / 2),
         "targets": TARGETS, "peak_rss_gib": _peak_gib(),
