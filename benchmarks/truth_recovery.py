@@ -5,6 +5,7 @@ Usage::
 
     python benchmarks/truth_recovery.py --n 200000 --seed 1          # the must-show run (~10 min)
     python benchmarks/truth_recovery.py --n 20000 --iterations 4 --epochs 5   # quick look
+    python benchmarks/truth_recovery.py --parallax-residual parallax --scale-step --epochs 75  # options
 
 Mock: :func:`photoinfer.simulate.simulate_catalog` with the released model (θ from its
 training density, Galactic distances, dust, the real sample's errors and missing bands).
@@ -23,8 +24,9 @@ mock's usable stars' true θ is ≥ 1e-2 of its peak.  Reported over that region
   (its y₁ treatment, clipped).
 
 Options: the mock's reddening-prior error (``--reddening-prior-error``, default berkson) and
-training's y₁ treatment (``--parallax-residual``, default magnitude).  Writes
-``benchmarks/results/truth_recovery_<prior>_<residual>[_thetaerrX][_plxerrY][_nN].json``.
+training's options (``--parallax-residual``, ``--theta-denoise``, ``--scale-step``, ``--epochs``,
+``--lr-decay``; defaults: the paper's).  Writes ``benchmarks/results/truth_recovery_<prior>_<residual>
+[_tweedie][_scale][_thetaerrX][_plxerrY][_epochsE][_lrdecayD][_nN].json``.
 """
 from __future__ import annotations
 
@@ -90,7 +92,7 @@ def scaled_errors(theta_scale: float = 1.0, parallax_scale: float = 1.0):
 
 def run(n=200000, seed=1, iterations=20, epochs=25, batch_size=1024, out=None, theta_error_scale=1.0,
         save_model=None, parallax_error_scale=1.0, reddening_prior_error="berkson", parallax_residual="magnitude",
-        theta_denoise="none", scale_step=False):
+        theta_denoise="none", scale_step=False, lr_decay=0.2):
     from photoinfer.evaluate import star_data, update_reddening
     from photoinfer.io.models import load_model
     from photoinfer.simulate import simulate_catalog
@@ -107,7 +109,8 @@ def run(n=200000, seed=1, iterations=20, epochs=25, batch_size=1024, out=None, t
         extra_cfg["theta_denoise"] = theta_denoise
     if scale_step:
         extra_cfg["scale_step"] = True
-    cfg = TrainConfig(iterations=iterations, epochs=epochs, batch_size=batch_size, seed=seed, **extra_cfg)
+    cfg = TrainConfig(iterations=iterations, epochs=epochs, batch_size=batch_size, seed=seed, lr_decay=lr_decay,
+                      **extra_cfg)
     t0 = time.perf_counter()
     model, hist = train(cat, cfg)
     t_train = time.perf_counter() - t0
@@ -156,7 +159,8 @@ def run(n=200000, seed=1, iterations=20, epochs=25, batch_size=1024, out=None, t
         "command": f"python benchmarks/truth_recovery.py --n {n} --seed {seed} --iterations {iterations} "
                    f"--epochs {epochs} --batch-size {batch_size} --theta-error-scale {theta_error_scale} "
                    f"--parallax-error-scale {parallax_error_scale} --reddening-prior-error {reddening_prior_error} "
-                   f"--parallax-residual {parallax_residual} --theta-denoise {theta_denoise}" + (" --scale-step" if scale_step else ""),
+                   f"--parallax-residual {parallax_residual} --theta-denoise {theta_denoise}" + (" --scale-step" if scale_step else "")
+                   + (f" --lr-decay {lr_decay}" if lr_decay != 0.2 else ""),
         "theta_denoise": theta_denoise, "scale_step": scale_step,
         "R_scale_per_iteration": [r.get("R_scale", 1.0) for r in hist.iterations],
         "reddening_prior_error": reddening_prior_error, "parallax_residual": parallax_residual,
@@ -210,15 +214,18 @@ def main(argv=None):
                    help="feed the network Tweedie-de-noised θ (docs/training.md; default none: the paper)")
     p.add_argument("--scale-step", action="store_true",
                    help="training's E·R scale step (docs/training.md; default off: the paper)")
+    p.add_argument("--lr-decay", type=float, default=0.2, help="learning rate 1e-3·exp(-LR_DECAY·k) (default 0.2)")
     p.add_argument("--save-model", default=None, metavar="PATH", help="also write the trained model here")
-    p.add_argument("--out", default=None, help="default benchmarks/results/truth_recovery_<prior>_<residual>[_thetaerrX][_plxerrY][_nN].json")
+    p.add_argument("--out", default=None, help="default benchmarks/results/truth_recovery_<prior>_<residual>[_tweedie][_scale][_thetaerrX]"
+                                        "[_plxerrY][_epochsE][_lrdecayD][_nN].json")
     a = p.parse_args(argv)
     tag = "".join(f"_{k}{v:g}" for k, v in (("thetaerr", a.theta_error_scale), ("plxerr", a.parallax_error_scale))
                   if v != 1.0)
-    tag = f"_{a.reddening_prior_error}_{a.parallax_residual}" + ("_tweedie" if a.theta_denoise == "tweedie" else "") + ("_scale" if a.scale_step else "") + tag + (f"_n{a.n}" if a.n != 200000 else "")
+    tag = f"_{a.reddening_prior_error}_{a.parallax_residual}" + ("_tweedie" if a.theta_denoise == "tweedie" else "") + ("_scale" if a.scale_step else "") + tag \
+        + (f"_epochs{a.epochs}" if a.epochs != 25 else "") + (f"_lrdecay{a.lr_decay:g}" if a.lr_decay != 0.2 else "") + (f"_n{a.n}" if a.n != 200000 else "")
     out = a.out or str(REPO / "benchmarks" / "results" / f"truth_recovery{tag}.json")
     print(json.dumps(run(a.n, a.seed, a.iterations, a.epochs, a.batch_size, out, a.theta_error_scale, a.save_model,
-                         a.parallax_error_scale, a.reddening_prior_error, a.parallax_residual, a.theta_denoise, a.scale_step), indent=1))
+                         a.parallax_error_scale, a.reddening_prior_error, a.parallax_residual, a.theta_denoise, a.scale_step, a.lr_decay), indent=1))
 
 
 if __name__ == "__main__":
