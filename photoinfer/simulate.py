@@ -15,7 +15,13 @@ Each star is drawn independently, in this order (one seeded numpy Generator; det
    :func:`photoinfer.priors.log_prior_mu`), by inverse CDF on a fine μ grid over ``mu_range``.
 4. E ≥ 0: a smooth exponential dust disk integrated along the sightline times a log-normal
    per-HEALPix-pixel "cloudiness" factor (:class:`DustModel`), or a dust screen
-   (``dust_screen=(mu_screen, E_screen[, foreground])``).  Reddening prior E₀ = E + σ_E₀·N(0, 1).
+   (``dust_screen=(mu_screen, E_screen[, foreground])``).  The reddening prior (E₀, σ_E₀) comes with an
+   error of one of two kinds (``reddening_prior_error``, see :func:`reddening_prior`):
+   ``"berkson"`` (default with the dust model): the dust model is the *map*, and the true E scatters
+   around it, E ~ N(E_map, σ²) truncated to E ≥ 0, with E₀, σ_E₀ the mean and standard deviation of
+   that truncated normal — so N(E₀, σ_E₀²) is the star's reddening given the map, as a prior should
+   be; ``"classical"`` (default with a dust screen, whose E is the truth by construction): E is the
+   dust value and E₀ = E + σ·N(0, 1), σ_E₀ = σ.
 5. Photometry m = M(θ) + μ + E·R(θ) (``model.predict_magnitudes``), errors, limits, coverage masks and
    noise from :mod:`photoinfer.mock_errors`.
 6. Parallax ϖ = 10^(2 − μ/5) mas + σ_ϖ(G)·N(0, 1) (negative values kept).
@@ -36,12 +42,14 @@ from .mock_errors import (DEFAULT_ERROR_MODEL, MAX_MAG_ERR, ErrorModel, parallax
 
 __all__ = ["simulate_catalog", "HealpixRegion", "Cone", "DustModel", "sample_sky", "sample_theta_validity",
            "sample_theta_from_array", "sample_mu", "mu_grid_cdf", "dust_reddening", "screen_reddening",
-           "observe_photometry", "write_catalog", "THETA_JITTER", "MU_RANGE"]
+           "observe_photometry", "reddening_prior", "REDDENING_PRIOR_ERRORS", "write_catalog", "THETA_JITTER", "MU_RANGE"]
 
 log = logging.getLogger(__name__)
 
 #: Jitter added to resampled θ: the KDE bandwidth of the validity grid (METHOD §7) [K, dex, dex].
 THETA_JITTER = (50.0, 0.05, 0.05)
+#: Kinds of reddening-prior error (:func:`reddening_prior`).
+REDDENING_PRIOR_ERRORS = ("berkson", "classical")
 #: Default distance-modulus range [mag] (Bayestar's (μ, E) grid, METHOD §8).
 MU_RANGE = (4.0, 19.0)
 
@@ -311,6 +319,47 @@ def _reddening_prior_error(rng, em: ErrorModel, n):
     return np.maximum(np.exp(em.ebv_lnmean[k] + em.ebv_lnsd[k] * rng.normal(size=n)), 0.02)
 
 
+def reddening_prior(rng: np.random.Generator, E_dust, sigma, kind: str = "berkson"):
+    """True reddening E and the reddening prior (E₀, σ_E₀) of each star, all (N,).
+
+    Parameters
+    ----------
+    E_dust : (N,) the dust model's reddening (≥ 0)
+    sigma : (N,) > 0, the prior's error scale (from the error model)
+    kind : {"berkson", "classical"}
+        ``"berkson"``: E_dust is the map value; E ~ N(E_dust, σ²) truncated to E ≥ 0 (inverse CDF, one
+        draw per star) and (E₀, σ_E₀) are the mean and standard deviation of that truncated normal,
+        E₀ = E_dust + σ φ(α)/(1 − Φ(α)), σ_E₀² = σ²[1 + αλ − λ²] with α = −E_dust/σ and
+        λ = φ(α)/(1 − Φ(α)).  So E₀ is exactly E[E | map] and σ_E₀² exactly Var[E | map]; only the
+        shape differs from N(E₀, σ_E₀²), and only where E_dust ≲ 2σ.  Where E_dust ≫ σ, E₀ = E_dust
+        and σ_E₀ = σ.
+        ``"classical"``: E = E_dust, E₀ = E + σ·N(0, 1) (may be < 0), σ_E₀ = σ: the truth is
+        fixed and the map is noisy, so N(E₀, σ_E₀²) is *not* the distribution of E given E₀.
+
+    Returns
+    -------
+    E, E0, sigma_E0 : (N,)
+    """
+    from scipy.special import log_ndtr, ndtr, ndtri
+    E_dust = np.asarray(E_dust, np.float64)
+    sigma = np.asarray(sigma, np.float64)
+    z = rng.normal(size=E_dust.shape)
+    if kind == "classical":
+        return E_dust, E_dust + sigma * z, sigma
+    if kind != "berkson":
+        raise ValueError(f"reddening_prior_error must be one of {REDDENING_PRIOR_ERRORS}, not {kind!r}")
+    alpha = -E_dust / sigma
+    # E = E_dust + σ Φ⁻¹(Φ(α) + u (1 − Φ(α))), u = Φ(z) ~ U(0, 1); the upper tail via Φ(−·) for accuracy
+    p_lo = ndtr(alpha)
+    u = ndtr(z)
+    E = E_dust + sigma * ndtri(np.clip(p_lo + u * (1.0 - p_lo), 1e-300, 1.0 - 1e-16))
+    E = np.where(alpha < -8.0, E_dust + sigma * z, np.maximum(E, 0.0))  # truncation negligible beyond 8σ
+    lam = np.exp(-0.5 * alpha ** 2 - 0.5 * np.log(2 * np.pi) - log_ndtr(-alpha))  # φ(α)/(1 − Φ(α))
+    E0 = E_dust + sigma * lam
+    sigma_E0 = sigma * np.sqrt(np.maximum(1.0 + alpha * lam - lam ** 2, 0.0))
+    return E, E0, sigma_E0
+
+
 def _theta_errors(rng, em: ErrorModel, n):
     """(C_θ (n, 3, 3), survey names (n,))."""
     if em.reference is not None:
@@ -330,7 +379,7 @@ def _theta_errors(rng, em: ErrorModel, n):
 def simulate_catalog(model, n: int, key_or_seed=0, *, photometry_only: bool = False,
                      error_model: ErrorModel | None = None, prior="bayestar", sky=None, theta_source=None,
                      dust: DustModel | None = None, dust_screen=None, mu_range=MU_RANGE,
-                     name: str | None = None) -> Catalog:
+                     reddening_prior_error: str | None = None, name: str | None = None) -> Catalog:
     """Draw a mock catalog of ``n`` stars with known truth (see the module docstring).
 
     Parameters
@@ -358,6 +407,11 @@ def simulate_catalog(model, n: int, key_or_seed=0, *, photometry_only: bool = Fa
         Replace the dust model by a screen (see :func:`screen_reddening`).
     mu_range : (float, float)
         Range of μ [mag].
+    reddening_prior_error : {"berkson", "classical"}, optional
+        How the reddening prior relates to the true E (:func:`reddening_prior`).  Default
+        ``"berkson"`` with the dust model (the prior is the distribution of E given the map, as
+        training and inference assume) and ``"classical"`` with a dust screen (the screen is the
+        true sightline).
 
     Returns
     -------
@@ -381,10 +435,19 @@ def simulate_catalog(model, n: int, key_or_seed=0, *, photometry_only: bool = Fa
         theta = sample_theta_from_array(rng, theta_source, n, model=model)
     l, b = sample_sky(rng, n, sky)
     mu = sample_mu(rng, l, b, params, mu_range)
+    if reddening_prior_error is None:
+        reddening_prior_error = "classical" if dust_screen is not None else "berkson"
+    if reddening_prior_error not in REDDENING_PRIOR_ERRORS:
+        raise ValueError(f"reddening_prior_error must be one of {REDDENING_PRIOR_ERRORS}, not {reddening_prior_error!r}")
     if dust_screen is not None:
-        E = screen_reddening(mu, *dust_screen)
+        E_dust = screen_reddening(mu, *dust_screen)
     else:
-        E = dust_reddening(rng, mu, l, b, dust or DustModel(), params.R_sun, params.Z_sun)
+        E_dust = dust_reddening(rng, mu, l, b, dust or DustModel(), params.R_sun, params.Z_sun)
+    berkson = reddening_prior_error == "berkson"
+    if berkson:  # the truth scatters around the map: drawn before the photometry
+        E, E0, sigma_E0 = reddening_prior(rng, E_dust, _reddening_prior_error(rng, em, n), "berkson")
+    else:
+        E = E_dust
 
     true_mag = np.concatenate([np.asarray(model.predict_magnitudes(theta[s:s + 65536], mu[s:s + 65536],
                                                                    E[s:s + 65536]), np.float64)
@@ -396,9 +459,8 @@ def simulate_catalog(model, n: int, key_or_seed=0, *, photometry_only: bool = Fa
     has_plx = np.isfinite(mag[:, 0])  # astrometry needs a detection in the reference (Gaia G) band
     parallax = np.where(has_plx, true_plx + plx_err * rng.normal(size=n), np.nan)
     plx_err = np.where(has_plx, plx_err, np.nan)
-
-    sigma_E0 = _reddening_prior_error(rng, em, n)
-    E0 = E + sigma_E0 * rng.normal(size=n)
+    if not berkson:  # (drawn here: the classical mock's random stream is unchanged from before the Berkson option)
+        _, E0, sigma_E0 = reddening_prior(rng, E, _reddening_prior_error(rng, em, n), "classical")
 
     cov, survey = _theta_errors(rng, em, n)
     z = rng.normal(size=(n, 3))

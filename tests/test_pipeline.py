@@ -143,9 +143,11 @@ def test_resume_skips_finished_and_redoes_changed(released_model, cat, reference
     r3 = run_pipeline(released_model, cat, tmp_path, method_fit_fn, cfg())
     assert r3.pixels_done == 0 and r3.stars_fit == 0
     # one star's photometry changes: only its pixel is redone (its shared batch is refit whole)
+    from photoinfer.catalog import INFERENCE_UNUSABLE
+    i = int(np.flatnonzero(np.isfinite(cat.mag[:, 3]) & ((cat.flags & int(INFERENCE_UNUSABLE)) == 0))[0])  # fit, band 3 seen
     cat2 = cat.copy()
-    cat2.mag[10, 3] += 0.1
-    p_changed = ref_cols["pixel"][ref_cols["source_id"] == cat.source_id[10]][0]
+    cat2.mag[i, 3] += 0.1
+    p_changed = ref_cols["pixel"][ref_cols["source_id"] == cat.source_id[i]][0]
     r4 = run_pipeline(released_model, cat2, tmp_path, method_fit_fn, cfg())
     assert r4.pixels_done == 1 and r4.stars_fit <= np.sum(ref_cols["pixel"] == p_changed) + BATCH
     # another seed: everything is redone

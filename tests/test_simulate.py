@@ -50,11 +50,51 @@ def test_photometric_and_parallax_noise(mock):
     assert np.nanmax(mock.mag_err) <= MAX_MAG_ERR and np.nanmin(mock.mag_err) >= 0.02
     _normal_ok((mock.parallax - mock.extra["true_parallax"]) / mock.parallax_err, "parallax")
     assert (mock.parallax < 0).any()  # negative parallaxes are kept
-    _normal_ok((mock.E0 - mock.extra["true_E"]) / mock.sigma_E0, "reddening prior")
     true = np.stack([mock.extra[k] for k in ("true_teff", "true_logg", "true_feh")], axis=1)
     sig = np.sqrt(np.diagonal(mock.theta_cov, axis1=1, axis2=2))
     for i in range(3):
         _normal_ok((mock.theta[:, i] - true[:, i]) / sig[:, i], f"theta[{i}]")
+
+
+def _reddening_prior_checks(cat):
+    """(z-scores (E − E₀)/σ_E₀ where E₀ > 3σ_E₀, all z, corr(z, E₀)) of a mock."""
+    z = (cat.extra["true_E"] - cat.E0) / cat.sigma_E0
+    return z[cat.E0 > 3 * cat.sigma_E0], z, np.corrcoef(z, cat.E0)[0, 1]
+
+
+def test_reddening_prior_is_berkson(mock, released_model):
+    """Default mock: the prior N(E₀, σ_E₀²) is the distribution of the true E given the map.  Where the
+    truncation at E = 0 does not matter (E₀ > 3σ_E₀), (E − E₀)/σ_E₀ is N(0, 1); over all stars it has
+    mean 0 and variance 1 (E₀, σ_E₀ are the truncated normal's moments); and E − E₀ is uncorrelated
+    with E₀.  The classical mock fails the last check (E − E₀ = −σ·N anti-correlates with E₀)."""
+    hi, z, corr = _reddening_prior_checks(mock)
+    assert len(hi) > 300
+    _normal_ok(hi, "reddening prior (E0 > 3 sigma)")
+    n = len(z)
+    assert abs(z.mean()) < 4 * z.std() / np.sqrt(n), z.mean()
+    assert abs(np.mean(z ** 2) - 1) < 4 * np.std(z ** 2) / np.sqrt(n), np.mean(z ** 2)
+    assert abs(corr) < 4 / np.sqrt(n), corr
+    assert np.all(mock.extra["true_E"] >= 0)
+    classical = simulate_catalog(released_model, N, seed(), reddening_prior_error="classical")
+    hi_c, z_c, corr_c = _reddening_prior_checks(classical)
+    assert corr_c < -4 / np.sqrt(len(z_c)), corr_c
+    _normal_ok(z_c, "classical reddening prior (E0 - E)/sigma over all stars")
+    with pytest.raises(ValueError, match="reddening_prior_error"):
+        simulate_catalog(released_model, 10, 1, reddening_prior_error="gaussian")
+
+
+def test_berkson_truncated_moments():
+    """E₀ and σ_E₀ of the Berkson draw are the mean and std of N(E_map, σ²) truncated at 0 (checked
+    by Monte Carlo at E_map = 0, σ/2, 3σ), and far from 0 the draw is E_map + σ·N(0, 1)."""
+    from photoinfer.simulate import reddening_prior
+    rng = np.random.default_rng(seed())
+    m = 200000
+    for e_map in (0.0, 0.025, 0.15, 5.0):
+        E, E0, s0 = reddening_prior(rng, np.full(m, e_map), np.full(m, 0.05), "berkson")
+        assert np.all(E >= 0)
+        assert abs(E.mean() - E0[0]) < 4 * s0[0] / np.sqrt(m), (e_map, E.mean(), E0[0])
+        assert abs(E.std() / s0[0] - 1) < 4 / np.sqrt(m), (e_map, E.std(), s0[0])
+    assert abs(E0[0] - 5.0) < 1e-12 and abs(s0[0] - 0.05) < 1e-12
 
 
 def test_missing_band_fractions_match_real_sample(mock, sample_8k):
@@ -94,7 +134,7 @@ def test_mu_follows_prior(mock):
 def test_reddening_and_theta_ranges(mock, released_model):
     from photoinfer.priors.stellar import StellarPrior
     E = mock.extra["true_E"]
-    assert np.all(E >= 0) and np.all(E <= 7) and np.median(E) > 0
+    assert np.all(E >= 0) and np.all(E <= 7 + 6 * mock.sigma_E0) and np.median(E) > 0  # E_max 7, Berkson scatter
     region = StellarPrior.from_model(released_model)
     true = np.stack([mock.extra[k] for k in ("true_teff", "true_logg", "true_feh")], axis=1)
     assert np.all(np.asarray(region.in_valid_region(true)))

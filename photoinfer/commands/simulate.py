@@ -9,7 +9,10 @@ positions uniform (or in HEALPix pixels / a cone), distances from the Galactic p
 along each sightline, reddening from a smooth dust disk with clouds (or a dust screen),
 magnitudes m = M(θ) + μ + E·R(θ) with the real sample's errors, limits and missing-band
 patterns, Gaia-like parallaxes, a reddening prior (E0, sigma_E0; ebv_source = "sim") and
-a θ measurement (unless --photometry-only).  Truth is written in columns true_teff,
+a θ measurement (unless --photometry-only).  The reddening prior is by default a map with a
+Berkson error (the true E scatters around E0 by sigma_E0, truncated at E >= 0: what training
+and inference assume a prior means); --reddening-prior-error classical instead keeps the dust
+value as the truth and adds the error to E0 (the default with --dust-screen).  Truth is written in columns true_teff,
 true_logg, true_feh, true_mu, true_E, true_parallax and true_mag_<band>.  Magnitudes are
 in the model's system (unWISE in AB) with the 0.02 mag floor included.  The output
 format follows the extension (.parquet, .fits, .csv).  See docs/simulate.md.
@@ -42,6 +45,10 @@ def add_arguments(p) -> None:
     p.add_argument("--dust-screen", nargs="+", type=float, metavar="X",
                    help="MU E [FOREGROUND]: a dust screen of reddening E at distance modulus MU (plus a foreground "
                         "rising to FOREGROUND, default 0.02, at the screen) instead of the smooth dust model")
+    p.add_argument("--reddening-prior-error", choices=("berkson", "classical"), default=None,
+                   help="berkson: E0 is the map and the true E = E0 + sigma_E0 x N(0, 1) truncated at 0 (default "
+                        "with the dust model); classical: the true E is the dust value and E0 = E + sigma_E0 x "
+                        "N(0, 1) (default with --dust-screen).  See docs/simulate.md")
     p.add_argument("--mu-range", nargs=2, type=float, default=(4.0, 19.0), metavar=("MIN", "MAX"),
                    help="distance-modulus range [mag] (default 4 19)")
     p.add_argument("--reference", metavar="PATH",
@@ -79,7 +86,7 @@ def run(args) -> int:
     model = load_model_arg(args)
     cat = simulate_catalog(model, args.n, args.seed, photometry_only=args.photometry_only, error_model=em,
                            prior=args.prior, sky=sky, dust_screen=args.dust_screen, mu_range=tuple(args.mu_range),
-                           name=out.name)
+                           reddening_prior_error=args.reddening_prior_error, name=out.name)
     write_catalog(cat, out)
     obs = cat.observed
     log.info("wrote %d stars to %s (median %.1f observed bands; %d with a parallax; truth in true_* columns)",

@@ -17,6 +17,12 @@ validity maps).  A checkpoint is written to MODEL.checkpoint/ after every iterat
 run the same command again after an interruption and it continues where it stopped
 (with more --iterations it trains only the missing ones).  --restart ignores it.
 
+--parallax-residual parallax replaces the paper's y1 = G - mu_hat (mu_hat = 10 - 5 log10 parallax,
+only stars with sigma_parallax/parallax <= 0.2) by the parallax residual (parallax - model
+parallax), in magnitude units, for every star with a parallax (any S/N, negative included),
+relinearized about the current model after every iteration: no selection on the observed
+parallax, no log bias (docs/training.md).  The default, magnitude, is the paper's.
+
 Small catalogs need small batches: with B stars per batch there are 0.7 N / B steps per
 epoch; 8,000 stars at --batch-size 64 converge in the default 20 x 25 schedule.
 
@@ -35,6 +41,18 @@ def add_arguments(p) -> None:
     p.add_argument("--epochs", type=int, default=25, metavar="N", help="epochs per iteration (default 25)")
     p.add_argument("--batch-size", type=int, default=1024, metavar="B", help="stars per Adam step (default 1024)")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the split, weights and shuffles (default 0)")
+    p.add_argument("--parallax-residual", choices=("magnitude", "parallax"), default="magnitude",
+                   help="how the parallax enters y1: magnitude (the paper: mu_hat = 10 - 5 log10 parallax, stars with "
+                        "sigma/parallax <= 0.2) or parallax (the parallax residual for every star with a parallax, "
+                        "linearized about the current model; see docs/training.md).  Default magnitude")
+    p.add_argument("--theta-denoise", choices=("none", "tweedie"), default="none",
+                   help="feed the network the measured theta (none, the paper; default) or its posterior mean by "
+                        "Tweedie's formula, theta + C_theta grad ln p(theta) with p the KDE of the training stars' "
+                        "theta (tweedie; removes the first-order errors-in-variables bias; see docs/training.md)")
+    p.add_argument("--scale-step", action="store_true",
+                   help="after every iteration, set the overall scale of R (every E scaled inversely, which the "
+                        "photometry cannot see) to its maximum likelihood under the reddening priors (see "
+                        "docs/training.md; default off, the paper)")
     p.add_argument("--init", metavar="MODEL", default=None,
                    help="start from this model's weights and θ normalization (fine-tuning); a model file, the "
                         "released Keras .h5, or 'green2020'")
@@ -68,7 +86,9 @@ def run(args) -> int:
         raise FileNotFoundError(f"the directory of --out {out} does not exist")
     cat = read_catalog(args.catalog)
     log.info("catalog: %s, %d stars", args.catalog, len(cat))
-    config = TrainConfig(iterations=args.iterations, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed)
+    config = TrainConfig(iterations=args.iterations, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
+                         parallax_residual=args.parallax_residual, theta_denoise=args.theta_denoise,
+                         scale_step=args.scale_step)
     init = load_model(args.init) if args.init else None
     fingerprint = catalog_fingerprint(cat)
     ckdir = checkpoint_dir(out)
@@ -125,6 +145,12 @@ def run(args) -> int:
 def _argv(args):
     parts = [f"--catalog {args.catalog}", f"--out {args.out}", f"--iterations {args.iterations}",
              f"--epochs {args.epochs}", f"--batch-size {args.batch_size}", f"--seed {args.seed}"]
+    if args.parallax_residual != "magnitude":
+        parts.append(f"--parallax-residual {args.parallax_residual}")
+    if args.theta_denoise != "none":
+        parts.append(f"--theta-denoise {args.theta_denoise}")
+    if args.scale_step:
+        parts.append("--scale-step")
     if args.init:
         parts.append(f"--init {args.init}")
     return parts

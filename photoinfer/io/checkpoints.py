@@ -6,6 +6,7 @@ Layout of ``<dir>/state.npz``::
     opt/<i>                            optimizer-state leaves in tree order (Adam with injected lr)
     theta_med, theta_std (3,)          θ normalization
     E, var_E (N,), included (N,)       per-star reddening and the outlier-cut mask
+    mu_lin (N,)                        (only with parallax_residual="parallax") the linearization point
     meta                               JSON: format, iteration, config, catalog fingerprint,
                                        shuffle-RNG state, history
 
@@ -52,6 +53,8 @@ def save_checkpoint(directory, state: TrainState, config: TrainConfig, fingerpri
     arrays.update(theta_med=np.asarray(state.theta_med), theta_std=np.asarray(state.theta_std),
                   E=np.asarray(state.E), var_E=np.asarray(state.var_E), included=np.asarray(state.included),
                   meta=np.array(json.dumps(meta, default=_json_default)))
+    if state.mu_lin is not None:
+        arrays["mu_lin"] = np.asarray(state.mu_lin)
     tmp = directory / (CHECKPOINT_FILE + ".tmp")
     with open(tmp, "wb") as f:
         np.savez(f, **arrays)
@@ -93,7 +96,8 @@ def load_checkpoint(directory) -> tuple[TrainState, dict]:
         leaves = [jax.numpy.asarray(z[f"opt/{i}"]) for i in range(n_leaves)]
         opt_state = jax.tree_util.tree_unflatten(treedef, leaves)
         state = TrainState(meta["iteration"], params, opt_state, z["theta_med"], z["theta_std"], z["E"], z["var_E"],
-                           z["included"].astype(bool), _rng_state(meta["rng_state"]), meta["history"])
+                           z["included"].astype(bool), _rng_state(meta["rng_state"]), meta["history"],
+                           z["mu_lin"] if "mu_lin" in z.files else None)
     return state, meta
 
 
@@ -108,6 +112,7 @@ def check_compatible(meta: dict, config: TrainConfig, fingerprint: str, path) ->
         raise ValueError(f"the checkpoint {path} was made from a different catalog; delete it or use --restart")
     new = config.to_dict()
     for key in TrainConfig.RESUME_KEYS:
-        if meta["config"].get(key) != new[key]:
-            raise ValueError(f"the checkpoint {path} was made with {key} = {meta['config'].get(key)}, this run has "
+        old = meta["config"].get(key, getattr(TrainConfig, key, None))  # (a setting newer than the checkpoint:
+        if old != new[key]:                                             # it was made with the default)
+            raise ValueError(f"the checkpoint {path} was made with {key} = {old}, this run has "
                              f"{new[key]}; use the same settings, or --restart to start over")

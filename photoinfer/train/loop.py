@@ -59,6 +59,22 @@ class TrainConfig:
         Safety of the outlier cut: if the threshold would leave out more than this fraction of
         the usable training stars (a model still far from the data), the threshold is raised to
         that quantile of the reduced χ² and the iteration record says so (``threshold_raised``).
+    parallax_residual : {"magnitude", "parallax"}
+        How the parallax enters y₁.  ``"magnitude"`` (the paper, METHOD §3): μ̂ = 10 − 5 log10 ϖ̂
+        for stars with σ_ϖ/ϖ̂ ≤ 0.2.  ``"parallax"``: from iteration 1 on, every star with a
+        parallax (any S/N, negative included) enters through the parallax residual
+        (ϖ̂ − ϖ_model)/(ϖ_lin·ln10/5), linearized about the current model after every iteration
+        (:mod:`photoinfer.train.parallax`); free of the selection on ϖ̂ and of the log bias.
+    theta_denoise : {"none", "tweedie"}
+        What θ the network is fed: the measured θ̂ (``"none"``, the paper) or the posterior mean
+        θ̂ + C_θ ∇ ln p(θ̂) by Tweedie's formula, p the KDE of the training stars' θ̂
+        (:mod:`photoinfer.train.denoise`): removes the first-order errors-in-variables bias of
+        regressing on noisy θ̂.  C_θ in C_y is unchanged.
+    scale_step : bool
+        After every iteration's epochs, set the overall scale of R (with every E scaled inversely:
+        the photometry cannot see it) to its maximum-likelihood value under the reddening priors
+        (:mod:`photoinfer.train.scale`); the iteration record gives the factor (``R_scale``).
+        Off: the paper's alternation alone, along which the scale drifts.
     """
 
     iterations: int = 20
@@ -79,8 +95,17 @@ class TrainConfig:
     validity: bool = True
     init_output_bias: bool = True
     max_cut_fraction: float = 0.5
+    parallax_residual: str = "magnitude"
+    theta_denoise: str = "none"
+    scale_step: bool = False
 
     def __post_init__(self):
+        from .denoise import DENOISE
+        if self.theta_denoise not in DENOISE:
+            raise ValueError(f"TrainConfig.theta_denoise must be one of {DENOISE}, not {self.theta_denoise!r}")
+        from .parallax import RESIDUALS
+        if self.parallax_residual not in RESIDUALS:
+            raise ValueError(f"TrainConfig.parallax_residual must be one of {RESIDUALS}, not {self.parallax_residual!r}")
         for name in ("iterations", "epochs", "batch_size", "n_hidden", "rebuild_batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -93,7 +118,7 @@ class TrainConfig:
     #: Settings that must agree between a checkpoint and the run resuming it (iterations may grow).
     RESUME_KEYS = ("epochs", "batch_size", "seed", "learning_rate", "lr_decay", "split", "max_sigma_E0_first",
                    "cut_start", "cut_end", "cut_k_end", "n_hidden", "l2_hidden", "l1_extinction",
-                   "init_output_bias", "max_cut_fraction")
+                   "init_output_bias", "max_cut_fraction", "parallax_residual", "theta_denoise", "scale_step")
 
 
 @dataclass
@@ -112,6 +137,8 @@ class TrainState:
     included : (N,) bool, stars entering the next iteration (train and validation splits)
     rng_state : dict, the shuffle generator's ``bit_generator.state``
     history : dict with lists ``epochs`` and ``iterations`` (JSON-able records)
+    mu_lin : (N,) or None, the distance moduli the parallax residual is linearized about
+        (``parallax_residual="parallax"`` after iteration 0; None otherwise)
     """
 
     iteration: int
@@ -124,6 +151,7 @@ class TrainState:
     included: np.ndarray
     rng_state: dict
     history: dict = field(default_factory=lambda: {"epochs": [], "iterations": []})
+    mu_lin: np.ndarray | None = None
 
 
 @dataclass
@@ -300,10 +328,23 @@ def train(cat: Catalog, config: TrainConfig = TrainConfig(), *, init: StellarMod
     if len(state.E) != n:
         raise ValueError(f"the resumed state has {len(state.E)} stars, the catalog {cat.name} {n}")
     data = star_data(cat)
+    if cfg.theta_denoise == "tweedie":
+        from .denoise import tweedie_theta
+        ok = usable & np.isfinite(cat.theta).all(axis=1) & np.isfinite(cat.theta_cov).all(axis=(1, 2))
+        theta_net = np.array(np.nan_to_num(cat.theta), np.float64)
+        theta_net[ok] = tweedie_theta(cat.theta[ok], cat.theta_cov[ok], reference=cat.theta[ok & (split == schedule.TRAIN)])
+        data = data._replace(theta=jnp.asarray(theta_net, jnp.float32))
+    y_obs_paper = np.asarray(data.y_obs)  # the validity maps keep the paper's parallax sample
+    px = None
+    if cfg.parallax_residual == "parallax":
+        from .parallax import ParallaxInputs, linearized_data, model_distance_modulus
+        px = ParallaxInputs(cat)
+        if state.mu_lin is not None:
+            data = linearized_data(data, px, state.mu_lin)
+    mu_lin = state.mu_lin
     med32, std32 = jnp.asarray(state.theta_med, jnp.float32), jnp.asarray(state.theta_std, jnp.float32)
     x_all = jnp.asarray(np.nan_to_num(np.asarray(network.standardize(np.asarray(data.theta), state.theta_med,
                                                                        state.theta_std))), jnp.float32)
-    y_all = data.y_hat
     train_pool = np.flatnonzero(usable & (split == schedule.TRAIN))
     val_pool = np.flatnonzero(usable & (split == schedule.VALIDATION))
     if len(train_pool) == 0:
@@ -329,6 +370,7 @@ def train(cat: Catalog, config: TrainConfig = TrainConfig(), *, init: StellarMod
             W_dev = jnp.asarray(whitening_all(params, med32, std32, data, E, np.sqrt(var_E), first=(k == 0),
                                               batch_size=cfg.rebuild_batch_size))
         E_dev = jnp.asarray(E, jnp.float32)
+        y_all = data.y_hat
         train_idx = train_pool[included[train_pool]]
         val_w = jnp.asarray(included[np.asarray(val_idx)] & (len(val_pool) > 0), jnp.float32)
         lr = schedule.learning_rate(k, cfg.learning_rate, cfg.lr_decay)
@@ -355,6 +397,16 @@ def train(cat: Catalog, config: TrainConfig = TrainConfig(), *, init: StellarMod
         t_rebuild = time.perf_counter()
         epochs_s = t_rebuild - t_epochs
         W_dev = None
+        r_scale = 1.0
+        if cfg.scale_step:  # the E·R scale at its maximum likelihood (before relinearizing y₁ and the rebuild)
+            from .scale import apply_scale, best_scale, photometric_reddening
+            q, b = photometric_reddening(params, med32, std32, data, cfg.rebuild_batch_size)
+            sel = train_pool[included[train_pool]]
+            r_scale = best_scale(q[sel], b[sel], np.asarray(data.E0)[sel], np.asarray(data.sigma_E0)[sel])
+            params = apply_scale(params, r_scale)
+        if px is not None:  # relinearize the parallax residual about the current model (at the current E)
+            mu_lin = model_distance_modulus(params, med32, std32, px.mag_ref, np.asarray(data.theta), E)
+            data = linearized_data(data, px, mu_lin)
         E_new, var_new, W_host, red, _ = rebuild_all(params, med32, std32, data, cfg.rebuild_batch_size)
         W_dev = jnp.asarray(W_host)
         del W_host
@@ -375,11 +427,11 @@ def train(cat: Catalog, config: TrainConfig = TrainConfig(), *, init: StellarMod
                 "dE_rms": float(np.sqrt(np.mean(dE ** 2))) if len(dE) else 0.0,
                 "dE_max_abs": float(np.max(np.abs(dE))) if len(dE) else 0.0,
                 "train_loss": history["epochs"][-1]["train_loss"], "val_loss": history["epochs"][-1]["val_loss"],
-                "epochs_seconds": epochs_s, "rebuild_seconds": time.perf_counter() - t_rebuild
+                "R_scale": r_scale, "n_parallax": int(np.asarray(data.y_obs)[usable, 0].sum()), "epochs_seconds": epochs_s, "rebuild_seconds": time.perf_counter() - t_rebuild
                 + (t_epochs - t0), "star_epochs_per_second": len(train_idx) * cfg.epochs / epochs_s}
         history["iterations"].append(irec)
         state = TrainState(k + 1, params, opt_state, state.theta_med, state.theta_std, E, var_E, included,
-                           rng.bit_generator.state, history)
+                           rng.bit_generator.state, history, mu_lin)
         if callback is not None:
             callback("iteration", state, irec)
 
@@ -397,7 +449,7 @@ def train(cat: Catalog, config: TrainConfig = TrainConfig(), *, init: StellarMod
     if cfg.validity:
         from .validation import validity_grid
         final_train = usable & (split == schedule.TRAIN) & included
-        validity = validity_grid(cat.theta[final_train], np.asarray(data.y_obs)[final_train], cat.bands)
+        validity = validity_grid(cat.theta[final_train], y_obs_paper[final_train], cat.bands)
     last = history["epochs"][-1] if history["epochs"] else {}
     provenance = {"source": "trained by photoinfer", "photoinfer_version": __version__, "catalog": cat.name,
                   "n_stars": n, "n_usable": int(usable.sum()), "config": cfg.to_dict(),
