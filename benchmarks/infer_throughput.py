@@ -37,13 +37,14 @@ def plate_baseline(model, prior, cat, n_chains, num_warmup, num_samples, seed):
     """numpyro MCMC(NUTS(catalog_model)) over all stars at once, chains run sequentially."""
     from numpyro.infer import MCMC, NUTS
     from photoinfer.infer.fit import _star_keys
-    from photoinfer.infer.init import candidate_grid, initial_points
+    from photoinfer.infer.init import candidate_grid, candidate_neighbours, initial_points
     from photoinfer.infer.model import catalog_model, model_arrays, star_inputs, unconstrain
     arrays = model_arrays(model)
     s = jax.tree_util.tree_map(jnp.asarray, star_inputs(cat))
     x_cand, cell = candidate_grid(prior, arrays)
     keys = _star_keys(seed, np.arange(len(cat)))
-    z0, _, _ = initial_points(keys, s, jnp.asarray(x_cand), cell, arrays, prior, n_chains=n_chains)   # (N, C, 5)
+    z0 = initial_points(keys, s, jnp.asarray(x_cand), candidate_neighbours(x_cand, cell), cell, arrays, prior,
+                        n_chains=n_chains)[0]                                                     # (N, C, 5)
     z0 = np.moveaxis(np.asarray(z0), 1, 0)                                                       # (C, N, 5)
     init = {"x": jnp.asarray(z0[..., :3]), "mu": jnp.asarray(z0[..., 3]), "E": jnp.asarray(z0[..., 4])}
     mcmc = MCMC(NUTS(catalog_model), num_warmup=num_warmup, num_samples=num_samples, num_chains=n_chains,

@@ -142,22 +142,26 @@ def test_posterior_netcdf_roundtrip(small_fit, tmp_path):
 
 def test_bimodal_star_gets_chains_in_both_modes(released_model, prior):
     """A K dwarf without parallax: a giant 5 mag farther has the same colours, and more prior volume."""
-    from photoinfer.infer.init import candidate_grid, initial_points
+    from photoinfer.infer.init import candidate_grid, candidate_neighbours, initial_points
     from photoinfer.infer.model import constrain, model_arrays, star_inputs
     rng = np.random.default_rng(seed())
     cat = _mock(released_model, rng, [4700, 4.6, 0.0], np.array([9.0]), np.array([0.1]), parallax=False)
     arrays = model_arrays(released_model)
     x, cell = candidate_grid(prior, arrays)
+    nbr = candidate_neighbours(x, cell)
     s = jax.tree_util.tree_map(jnp.asarray, star_inputs(cat))
     key = jax.random.split(jax.random.PRNGKey(seed()), 1)
-    z0, cov, dom = initial_points(key, s, jnp.asarray(x), cell, arrays, prior, n_chains=4)
+    z0, cov, dom, mode, weight = initial_points(key, s, jnp.asarray(x), nbr, cell, arrays, prior, n_chains=4)
     logg = np.asarray(constrain(z0[0], s, arrays, prior))[:, 1]
     assert float(dom[0]) < 0.99                                         # → Flag.MULTIMODAL in fit_catalog
     assert (logg > 3.5).any() and (logg < 3.5).any(), logg
     assert np.all(np.linalg.eigvalsh(np.asarray(cov[0])) > 0)
+    assert list(np.asarray(mode[0])) == [0, 1, 0, 1]                    # two modes, two chains each
+    w = np.asarray(weight[0])
+    assert w[0] >= w[1] and w[0] + w[1] == pytest.approx(1.0, abs=1e-5)
     # a dominant mode takes every chain: with the threshold at the measured mass, all chains share a mode
-    z1, _, _ = initial_points(key, s, jnp.asarray(x), cell, arrays, prior, n_chains=4,
-                              dominant_mass=float(dom[0]) * 0.999)
+    z1 = initial_points(key, s, jnp.asarray(x), nbr, cell, arrays, prior, n_chains=4,
+                        dominant_mass=float(dom[0]) * 0.999)[0]
     logg1 = np.asarray(constrain(z1[0], s, arrays, prior))[:, 1]
     assert (logg1 > 3.5).all() or (logg1 < 3.5).all(), logg1
 
@@ -198,3 +202,53 @@ def test_calibration_must_show():
     for p, cov in out["coverage"].items():
         assert abs(cov["68"] - 0.68) < 0.03 and abs(cov["95"] - 0.95) < 0.02, (p, cov)
     assert out["frac_both"] >= 0.99
+
+
+def test_sampler_coordinates_roundtrip_and_constant_jacobian(released_model, prior):
+    """u = (x, δ, logit E) ↔ z = (x, μ, logit E): inverse maps, ∂μ/∂δ = σ_μ,phot, and the same log density."""
+    from photoinfer.infer.model import (from_sampler, log_density, log_density_sampler, model_arrays,
+                                        photometric_mu, star_inputs, to_sampler)
+    rng = np.random.default_rng(seed())
+    cat = _mock(released_model, rng, [5500, 4.3, -0.2], np.array([10.0]), np.array([0.2]))
+    s = jax.tree_util.tree_map(lambda a: jnp.asarray(a[0]), star_inputs(cat))
+    arrays = model_arrays(released_model)
+    err2 = np.asarray(cat.mag_err[0]) ** 2 + 0.02 ** 2
+    for u in rng.normal(0, 0.7, (3, 5)).astype(np.float32):
+        u = jnp.asarray(u)
+        z = from_sampler(u, s, arrays, prior)
+        np.testing.assert_allclose(np.asarray(to_sampler(z, s, arrays, prior)), np.asarray(u), atol=2e-3)
+        J = np.asarray(jax.jacfwd(lambda v: from_sampler(v, s, arrays, prior))(u))
+        assert J[3, 3] == pytest.approx(np.sum(1 / err2) ** -0.5, rel=1e-4)     # constant diagonal
+        assert np.allclose(np.delete(np.delete(J, 3, 0), 3, 1), np.eye(4))
+        assert float(log_density_sampler(u, s, arrays, prior)) == pytest.approx(
+            float(log_density(z, s, arrays, prior)), abs=1e-3)
+        # μ_WLS: the weighted mean of m̂ − M(θ) − E R(θ)
+        E = prior.E_max / (1 + np.exp(-float(u[4])))
+        theta = released_model.theta_med + released_model.theta_std * np.asarray(u[:3])
+        pred = np.asarray(released_model.predict_magnitudes(theta[None], np.zeros(1), np.array([E])))[0]
+        want = np.sum((cat.mag[0] - pred) / err2) / np.sum(1 / err2)
+        assert float(photometric_mu(u[:3], jnp.float32(E), s, arrays)[0]) == pytest.approx(want, abs=2e-3)
+
+
+def test_combine_modes_weights_and_within_mode_rhat():
+    """Two well-mixed modes (chains 0,2 | 1,3) with masses 0.8/0.2: r̂ within modes passes, the draws
+    are resampled 0.8/0.2; a star whose chains disagree inside one mode fails."""
+    from photoinfer.infer.modes import combine_modes
+    rng = np.random.default_rng(seed())
+    C, S, N = 4, 400, 2
+    x = rng.normal(0, 1, (C, S, N))
+    x[[1, 3]] += 10.0                                          # mode 1 at +10
+    x[2, :, 1] += 3.0                                          # star 1: chain 2 disagrees within mode 0
+    samples = {p: x.copy() for p in ("teff", "logg", "feh", "mu", "E")}
+    mode = np.tile([0, 1, 0, 1], (N, 1))
+    weight = np.tile([0.8, 0.2, 0.8, 0.2], (N, 1))
+    out, diag, multi = combine_modes(samples, mode, weight, seed=seed())
+    assert multi.all()
+    assert diag["rhat_max"][0] <= 1.01 < diag["rhat_max"][1]
+    frac_hi = np.mean(out["mu"][:, :, 0] > 5)
+    assert frac_hi == pytest.approx(0.2, abs=1.0 / (C * S))     # systematic resampling: exact to one draw
+    assert 1.0 / (0.8 ** 2 / 800 + 0.2 ** 2 / 800) * 0.5 < diag["ess_bulk_min"][0] < 1.0 / (0.8 ** 2 / 800 + 0.2 ** 2 / 800) * 2
+    # chains that agree across "modes" (a connected posterior): no reweighting
+    y = {p: rng.normal(0, 1, (C, S, N)) for p in samples}
+    out2, _, multi2 = combine_modes(y, mode, weight, seed=seed())
+    assert not multi2.any() and np.array_equal(out2["mu"], y["mu"])

@@ -28,7 +28,8 @@ from numpyro.infer.util import potential_energy
 from ..model import network
 
 __all__ = ["StarInputs", "star_inputs", "ModelArrays", "model_arrays", "star_model", "catalog_model",
-           "log_density", "constrain", "unconstrain", "parallax_of_mu", "NDIM", "SIGMA_MODEL"]
+           "log_density", "constrain", "unconstrain", "parallax_of_mu", "NDIM", "SIGMA_MODEL",
+           "photometric_mu", "to_sampler", "from_sampler", "log_density_sampler"]
 
 #: Dimension of a star's unconstrained position (x₁, x₂, x₃, μ, logit E).
 NDIM = 5
@@ -155,6 +156,52 @@ def _unflatten(z):
 def log_density(z, s: StarInputs, arrays: ModelArrays, prior, sigma_model: float = SIGMA_MODEL):
     """ln p(z | data) + const of one star at the unconstrained position z (5,) (numpyro's potential, negated)."""
     return -potential_energy(star_model, (s, arrays, prior, sigma_model), {}, _unflatten(z))
+
+
+def photometric_mu(x, E, s: StarInputs, arrays: ModelArrays, sigma_model: float = SIGMA_MODEL):
+    """μ_WLS(θ, E) and σ_μ,phot of one star: the distance modulus the magnitudes fix at (θ, E).
+
+        μ_WLS(θ, E) = Σ_b w_b (m̂_b − M_b(θ) − E R_b(θ)) / Σ_b w_b,   σ_μ,phot = (Σ_b w_b)^(−1/2),
+        w_b = 1/(σ_b² + σ_model²) over the observed bands.
+
+    A star with no observed band gets μ_WLS = 0 and σ_μ,phot = 1.
+
+    Parameters
+    ----------
+    x : (3,) standardized θ; E : () reddening
+
+    Returns
+    -------
+    mu_wls, sigma : () [mag]
+    """
+    w = s.obs / (s.mag_err ** 2 + sigma_model ** 2)
+    sw = jnp.sum(w)
+    has = sw > 0
+    resid = s.mag - _predicted_magnitudes(arrays, x, jnp.zeros_like(E), E)
+    mu = jnp.where(has, jnp.sum(w * resid) / jnp.where(has, sw, 1.0), 0.0)
+    return mu, jnp.where(has, jax.lax.rsqrt(jnp.where(has, sw, 1.0)), 1.0)
+
+
+def from_sampler(u, s: StarInputs, arrays: ModelArrays, prior, sigma_model: float = SIGMA_MODEL):
+    """Unconstrained z (5,) = (x, μ, logit E/E_max) of the sampler's position u (5,) = (x, δ, logit E/E_max):
+    μ = μ_WLS(θ, E) + σ_μ,phot δ (:func:`photometric_mu`).  The map is triangular with the constant
+    diagonal (1, 1, 1, σ_μ,phot, 1): its Jacobian is a per-star constant."""
+    E = prior.E_max * jax.nn.sigmoid(u[4])
+    mu0, sig = photometric_mu(u[:3], E, s, arrays, sigma_model)
+    return u.at[3].set(mu0 + sig * u[3])
+
+
+def to_sampler(z, s: StarInputs, arrays: ModelArrays, prior, sigma_model: float = SIGMA_MODEL):
+    """The inverse of :func:`from_sampler`: u (5,) = (x, δ, logit E/E_max) of z (5,)."""
+    E = prior.E_max * jax.nn.sigmoid(z[4])
+    mu0, sig = photometric_mu(z[:3], E, s, arrays, sigma_model)
+    return z.at[3].set((z[3] - mu0) / sig)
+
+
+def log_density_sampler(u, s: StarInputs, arrays: ModelArrays, prior, sigma_model: float = SIGMA_MODEL):
+    """ln p(u | data) + const in the sampler's coordinates u = (x, δ, logit E/E_max): :func:`log_density` at
+    z = :func:`from_sampler` (u) (the constant Jacobian σ_μ,phot is dropped)."""
+    return log_density(from_sampler(u, s, arrays, prior, sigma_model), s, arrays, prior, sigma_model)
 
 
 def constrain(z, s: StarInputs, arrays: ModelArrays, prior):
