@@ -15,8 +15,8 @@
    mass is the sum over its basin.  When the heaviest mode holds ≥ ``dominant_mass`` (99 %) of
    the mass, every chain starts in it; otherwise the ``n_chains // 2`` heaviest modes (those
    above ``min_mass``) get chains in turn (chain c → mode c mod n_modes, so every mode has ≥ 2
-   chains for a within-mode r̂) with their masses renormalized over the sampled modes
-   (:mod:`photoinfer.infer.modes` weights the modes' draws by them).
+   chains).  The modes' weights in the posterior are estimated after sampling from the chains
+   themselves (:mod:`photoinfer.infer.modes`).
 5. **Start and metric** — within its mode, a chain starts at a candidate drawn with weight
    p(candidate | data) (plus a uniform offset within the grid cell), so chains start spread over
    the mode; its initial inverse mass matrix is the p-weighted covariance of the mode's candidates,
@@ -84,8 +84,8 @@ def _linear_mu_E(s: StarInputs, M, R, E_max, sigma_model):
 
 
 def _star_starts(key, s, x_cand, nbr, cell, M, R, arrays, prior, n_chains, sigma_model, dominant_mass, min_mass):
-    """One star's chain starts (C, 5), inverse mass matrices (C, 5, 5), the heaviest mode's mass fraction (),
-    each chain's mode (C,) int and mode weight (C,) (renormalized over the sampled modes)."""
+    """One star's chain starts (C, 5), inverse mass matrices (C, 5, 5), the heaviest mode's mass fraction ()
+    and each chain's mode (C,) int."""
     mu, E, cov_muE = _linear_mu_E(s, M, R, prior.E_max, sigma_model)
     e = E / prior.E_max
     z = jnp.concatenate([x_cand, mu[:, None], jnp.log(e / (1 - e))[:, None]], axis=-1)       # (P, 5)
@@ -107,8 +107,6 @@ def _star_starts(key, s, x_cand, nbr, cell, M, R, arrays, prior, n_chains, sigma
     dominant = top_mass[0] / total
     n_found = jnp.where(dominant >= dominant_mass, 1, jnp.maximum(jnp.sum(top_mass >= min_mass * total), 1))
     chain_mode = jnp.arange(n_chains) % n_found
-    mode_w = jnp.where(jnp.arange(n_modes) < n_found, top_mass, 0.0)
-    mode_w = mode_w / jnp.sum(mode_w)
     # (μ, E) conditional covariance in (μ, logit E) at each candidate
     jac = 1.0 / (E * (1 - e))
     cz = cov_muE * jnp.stack([jnp.stack([jnp.ones_like(jac), jac], -1), jnp.stack([jac, jac * jac], -1)], -2)
@@ -129,7 +127,7 @@ def _star_starts(key, s, x_cand, nbr, cell, M, R, arrays, prior, n_chains, sigma
         return z[i] + jitter, cov
 
     z0, inv_mass = jax.vmap(one_chain)(keys, chain_mode)
-    return z0, inv_mass, dominant, chain_mode, mode_w[chain_mode]
+    return z0, inv_mass, dominant, chain_mode
 
 
 @partial(jax.jit, static_argnames=("prior", "n_chains", "sigma_model"))
@@ -157,7 +155,6 @@ def initial_points(keys, stars: StarInputs, x_cand, nbr, cell, arrays: ModelArra
     z0 : (N, n_chains, 5); inv_mass : (N, n_chains, 5, 5)
     dominant : (N,) posterior mass fraction of the heaviest mode (< ``dominant_mass``: chains in several modes)
     chain_mode : (N, n_chains) int, the mode each chain starts in (0 = heaviest)
-    mode_weight : (N, n_chains), the mass of each chain's mode, renormalized over the sampled modes
     """
     M = _predicted_magnitudes(arrays, x_cand, jnp.zeros(x_cand.shape[0]), jnp.zeros(x_cand.shape[0]))
     R = _predicted_magnitudes(arrays, x_cand, jnp.zeros(x_cand.shape[0]), jnp.ones(x_cand.shape[0])) - M

@@ -29,7 +29,7 @@ from ..model import network
 
 __all__ = ["StarInputs", "star_inputs", "ModelArrays", "model_arrays", "star_model", "catalog_model",
            "log_density", "constrain", "unconstrain", "parallax_of_mu", "NDIM", "SIGMA_MODEL",
-           "photometric_mu", "to_sampler", "from_sampler", "log_density_sampler"]
+           "photometric_mu", "photometric_logit_E", "to_sampler", "from_sampler", "log_density_sampler"]
 
 #: Dimension of a star's unconstrained position (x₁, x₂, x₃, μ, logit E).
 NDIM = 5
@@ -182,26 +182,59 @@ def photometric_mu(x, E, s: StarInputs, arrays: ModelArrays, sigma_model: float 
     return mu, jnp.where(has, jax.lax.rsqrt(jnp.where(has, sw, 1.0)), 1.0)
 
 
-def from_sampler(u, s: StarInputs, arrays: ModelArrays, prior, sigma_model: float = SIGMA_MODEL):
-    """Unconstrained z (5,) = (x, μ, logit E/E_max) of the sampler's position u (5,) = (x, δ, logit E/E_max):
-    μ = μ_WLS(θ, E) + σ_μ,phot δ (:func:`photometric_mu`).  The map is triangular with the constant
-    diagonal (1, 1, 1, σ_μ,phot, 1): its Jacobian is a per-star constant."""
-    E = prior.E_max * jax.nn.sigmoid(u[4])
+def photometric_logit_E(x, s: StarInputs, arrays: ModelArrays, E_max: float, sigma_model: float = SIGMA_MODEL,
+                        width: float = 0.05, bound: float = 5.0):
+    """ζ₀(θ): where the magnitudes put logit(E/E_max) at θ, softly bounded.
+
+        (μ, E)_WLS(θ) = argmin Σ_b w_b (m̂_b − M_b(θ) − μ − E R_b(θ))²          (2 × 2 weighted least squares)
+        ζ₀(θ) = L tanh(ℓ(E_WLS/E_max)/L),  ℓ(r) = ln s(r) − ln s(1 − r),  s(r) = softplus(β r)/β
+
+    with β = E_max/``width`` and L = ``bound``: ℓ is the logit inside (0, 1), finite outside, and
+    the tanh keeps ζ₀ within ±L.  A star with fewer than two observed bands gets ζ₀ = 0.
+    """
+    w = s.obs / (s.mag_err ** 2 + sigma_model ** 2)
+    zero = jnp.zeros((), x.dtype)
+    M = _predicted_magnitudes(arrays, x, zero, zero)
+    R = _predicted_magnitudes(arrays, x, zero, jnp.ones((), x.dtype)) - M
+    d = s.mag - M
+    a11, a12, a22 = jnp.sum(w), jnp.sum(w * R), jnp.sum(w * R * R)
+    b1, b2 = jnp.sum(w * d), jnp.sum(w * R * d)
+    det = a11 * a22 - a12 ** 2
+    ok = (jnp.sum(s.obs) >= 2) & (det > 1e-6 * a11 * a22)
+    r = jnp.where(ok, (a11 * b2 - a12 * b1) / jnp.where(ok, det, 1.0), 0.5 * E_max) / E_max
+    beta = E_max / width
+    sp = lambda v: jax.nn.softplus(beta * v) / beta  # noqa: E731
+    ell = jnp.log(sp(r)) - jnp.log(sp(1.0 - r))
+    return jnp.where(ok, bound * jnp.tanh(ell / bound), 0.0)
+
+
+def from_sampler(u, s: StarInputs, arrays: ModelArrays, prior, sigma_model: float = SIGMA_MODEL,
+                 shift_E: bool = True):
+    """Unconstrained z (5,) = (x, μ, ζ) of the sampler's position u (5,) = (x, δ, ε), ζ = logit(E/E_max):
+
+        ζ = ζ₀(θ) + ε   (``shift_E``; else ζ = ε),     μ = μ_WLS(θ, E) + σ_μ,phot δ
+
+    (:func:`photometric_logit_E`, :func:`photometric_mu`).  The map is triangular (θ → ζ → μ) with
+    the constant diagonal (1, 1, 1, σ_μ,phot, 1): its Jacobian is a per-star constant."""
+    zeta = u[4] + (photometric_logit_E(u[:3], s, arrays, prior.E_max, sigma_model) if shift_E else 0.0)
+    E = prior.E_max * jax.nn.sigmoid(zeta)
     mu0, sig = photometric_mu(u[:3], E, s, arrays, sigma_model)
-    return u.at[3].set(mu0 + sig * u[3])
+    return u.at[3].set(mu0 + sig * u[3]).at[4].set(zeta)
 
 
-def to_sampler(z, s: StarInputs, arrays: ModelArrays, prior, sigma_model: float = SIGMA_MODEL):
-    """The inverse of :func:`from_sampler`: u (5,) = (x, δ, logit E/E_max) of z (5,)."""
+def to_sampler(z, s: StarInputs, arrays: ModelArrays, prior, sigma_model: float = SIGMA_MODEL, shift_E: bool = True):
+    """The inverse of :func:`from_sampler`: u (5,) = (x, δ, ε) of z (5,)."""
     E = prior.E_max * jax.nn.sigmoid(z[4])
     mu0, sig = photometric_mu(z[:3], E, s, arrays, sigma_model)
-    return z.at[3].set((z[3] - mu0) / sig)
+    eps = z[4] - (photometric_logit_E(z[:3], s, arrays, prior.E_max, sigma_model) if shift_E else 0.0)
+    return z.at[3].set((z[3] - mu0) / sig).at[4].set(eps)
 
 
-def log_density_sampler(u, s: StarInputs, arrays: ModelArrays, prior, sigma_model: float = SIGMA_MODEL):
-    """ln p(u | data) + const in the sampler's coordinates u = (x, δ, logit E/E_max): :func:`log_density` at
+def log_density_sampler(u, s: StarInputs, arrays: ModelArrays, prior, sigma_model: float = SIGMA_MODEL,
+                        shift_E: bool = True):
+    """ln p(u | data) + const in the sampler's coordinates u = (x, δ, ε): :func:`log_density` at
     z = :func:`from_sampler` (u) (the constant Jacobian σ_μ,phot is dropped)."""
-    return log_density(from_sampler(u, s, arrays, prior, sigma_model), s, arrays, prior, sigma_model)
+    return log_density(from_sampler(u, s, arrays, prior, sigma_model, shift_E), s, arrays, prior, sigma_model)
 
 
 def constrain(z, s: StarInputs, arrays: ModelArrays, prior):

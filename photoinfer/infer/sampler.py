@@ -48,7 +48,7 @@ class SamplerSettings(NamedTuple):
     initial_step_size: float = 0.5
     sigma_model: float = SIGMA_MODEL
     adaptation: str = "window"
-    reparam: bool = True
+    reparam: str = "mu_E"
 
 
 def _windows(st: SamplerSettings):
@@ -59,8 +59,8 @@ def _windows(st: SamplerSettings):
 
 def _lane(key, z0, inv_mass0, s, arrays, prior, st: SamplerSettings):
     """Warm-up and sampling of one (star, chain) lane; returns constrained draws and statistics."""
-    if st.reparam:   # sample u = (x, δ, logit E) (module doc); the metric follows the linear map at z₀
-        kw = dict(s=s, arrays=arrays, prior=prior, sigma_model=st.sigma_model)
+    if st.reparam != "none":   # sample u = (x, δ, ε) (module doc); the metric follows the linear map at z₀
+        kw = dict(s=s, arrays=arrays, prior=prior, sigma_model=st.sigma_model, shift_E=st.reparam == "mu_E")
         J = jax.jacfwd(partial(to_sampler, **kw))(z0)
         z0, inv_mass0 = to_sampler(z0, **kw), J @ inv_mass0 @ J.T
         logdensity = partial(log_density_sampler, **kw)
