@@ -71,6 +71,13 @@ def main():
            "mean_leapfrog_steps": float(np.mean(res.sample_stats["n_steps"][..., ok]))}
     print(out)
     write_json(args.out, out)
+    # per-star truth, 68/95 % intervals and diagnostics for follow-up analysis (not committed)
+    from infer_common import RESULTS
+    q = {p: np.percentile(np.asarray(res.samples[p]).reshape(-1, len(cat)), [2.5, 16, 50, 84, 97.5], axis=0)
+         for p in PARAMS}
+    (RESULTS / "cache").mkdir(parents=True, exist_ok=True)
+    np.savez(RESULTS / "cache" / (args.out.replace(".json", "") + "_stars.npz"), truth=truth(cat), flags=res.flags,
+             rhat=s["rhat_max"], ess=s["ess_bulk_min"], ndiv=s["n_divergent"], **{f"q_{p}": v for p, v in q.items()})
 
 
 if __name__ == "__main__":
