@@ -120,7 +120,6 @@ def fit_catalog(model, catalog, *, prior: str | InferencePrior = "bayestar", met
     C, S = int(num_chains), int(num_samples)
     draws = np.full((n, C, S, len(PARAMETERS)), np.nan, np.float32)
     stats = {k: np.zeros((n, C, S), np.float32) for k in _STATS}
-    dominant = np.ones(n)
     # lanes per call: batch_size, or n rounded up to a power of two (not len(run): the flags or a
     # caller's subsets, e.g. grid+nuts refits, give at most log2(batch_size) + 2 compilations)
     size = max(1, min(int(batch_size), 1 << max(n - 1, 0).bit_length()))
@@ -132,9 +131,8 @@ def fit_catalog(model, catalog, *, prior: str | InferencePrior = "bayestar", met
         skeys = pad_to(keys[idx], size)
         init_keys = jax.vmap(lambda kk: jax.random.fold_in(kk, 1_000_003))(jnp.asarray(skeys))
         if init is None:
-            z0, inv_mass, dom, _ = initial_points(init_keys, star, x_cand, nbr, cell, arrays, prior, n_chains=C,
-                                                  sigma_model=sigma_model, dominant_mass=dominant_mass)
-            dominant[idx] = np.asarray(dom)[:k]
+            z0, inv_mass, _, _ = initial_points(init_keys, star, x_cand, nbr, cell, arrays, prior, n_chains=C,
+                                                sigma_model=sigma_model, dominant_mass=dominant_mass)
         else:  # given starting points (e.g. every grid mode): the caller knows the modes
             z0, inv_mass = (jnp.asarray(pad_to(np.asarray(a)[idx], size)) for a in init)
         lane_keys = jax.vmap(lambda kk: jax.vmap(lambda c: jax.random.fold_in(kk, c))(jnp.arange(C)))(jnp.asarray(skeys))
