@@ -28,6 +28,8 @@ def main():
     ap.add_argument("--adaptation", default="short", choices=("short", "window"))
     ap.add_argument("--e-max", type=float, default=2.0)
     ap.add_argument("--batch-size", type=int, default=25)
+    ap.add_argument("--reparam", default="mu_E", choices=("mu_E", "mu", "none"))
+    ap.add_argument("--out", default="infer_calibration.json")
     args = ap.parse_args()
     from photoinfer.infer.fit import fit_catalog
     from photoinfer.infer.prior import build_prior
@@ -40,7 +42,7 @@ def main():
     t = time.perf_counter()
     res = fit_catalog(model, cat, prior=prior, num_warmup=args.num_warmup, num_samples=args.num_samples,
                       seed=args.seed, target_accept=args.target_accept, batch_size=args.batch_size,
-                      adaptation=args.adaptation)
+                      adaptation=args.adaptation, reparam=args.reparam)
     seconds = time.perf_counter() - t
     s = res.summary
     ok = np.isfinite(s["ess_bulk_min"])
@@ -51,6 +53,7 @@ def main():
     out = {"model": model_path().name, "n": args.n, "n_fit": n_ok, "seconds": round(seconds, 1),
            "prior": f"bayestar along {len(SIGHTLINES)} sightlines {SIGHTLINES}, E flat on [0, {args.e_max}]",
            "target_accept": args.target_accept, "batch_size": args.batch_size, "adaptation": args.adaptation,
+           "reparam": args.reparam,
            "frac_multimodal": float(np.mean(multi[ok])),
            "frac_both_unimodal": float(np.mean((s["rhat_max"][uni] <= 1.01) & (s["ess_bulk_min"][uni] >= 200))),
            "frac_in_validity_truth": float(np.mean(np.asarray(prior.prior.stellar.in_valid_region(
@@ -62,9 +65,19 @@ def main():
            "frac_ess_bulk_ge_200": float(np.mean(s["ess_bulk_min"][ok] >= 200)),
            "frac_both": float(np.mean((s["rhat_max"][ok] <= 1.01) & (s["ess_bulk_min"][ok] >= 200))),
            "ess_bulk_min_median": float(np.median(s["ess_bulk_min"][ok])),
-           "divergences_per_star": float(np.mean(s["n_divergent"][ok]))}
+           "divergences_per_star": float(np.mean(s["n_divergent"][ok])),
+           "frac_rhat_le_1.02": float(np.mean(s["rhat_max"][ok] <= 1.02)),
+           "frac_rhat_le_1.05": float(np.mean(s["rhat_max"][ok] <= 1.05)),
+           "mean_leapfrog_steps": float(np.mean(res.sample_stats["n_steps"][..., ok]))}
     print(out)
-    write_json("infer_calibration.json", out)
+    write_json(args.out, out)
+    # per-star truth, 68/95 % intervals and diagnostics for follow-up analysis (not committed)
+    from infer_common import RESULTS
+    q = {p: np.percentile(np.asarray(res.samples[p]).reshape(-1, len(cat)), [2.5, 16, 50, 84, 97.5], axis=0)
+         for p in PARAMS}
+    (RESULTS / "cache").mkdir(parents=True, exist_ok=True)
+    np.savez(RESULTS / "cache" / (args.out.replace(".json", "") + "_stars.npz"), truth=truth(cat), flags=res.flags,
+             rhat=s["rhat_max"], ess=s["ess_bulk_min"], ndiv=s["n_divergent"], **{f"q_{p}": v for p, v in q.items()})
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ def main():
     ap.add_argument("--target-accept", type=float, default=0.8)
     args = ap.parse_args()
     kw = dict(num_warmup=args.num_warmup, num_samples=args.num_samples, target_accept=args.target_accept)
+    from photoinfer.catalog import Flag
     from photoinfer.infer.fit import fit_catalog
     from photoinfer.infer.model import parallax_of_mu
     from photoinfer.infer.prior import build_prior
@@ -55,8 +56,8 @@ def main():
     t = time.perf_counter()
     res = fit_catalog(model, cat, prior=prior, seed=args.seed, use_position=False, **kw)
     out["with_parallax"] = {"seconds": round(time.perf_counter() - t, 1), "residuals": residual_stats(res, cat),
-                            "frac_not_converged": float(np.mean((res.summary["flags"] & 1024) > 0)),
-                            "frac_multimodal": float(np.mean((res.summary["flags"] & 4096) > 0)),
+                            "frac_not_converged": float(np.mean((res.summary["flags"] & int(Flag.NOT_CONVERGED)) > 0)),
+                            "frac_multimodal": float(np.mean((res.summary["flags"] & int(Flag.MULTIMODAL)) > 0)),
                             "ess_bulk_min_median": float(np.nanmedian(res.summary["ess_bulk_min"]))}
     print(out["with_parallax"])
     write_json("infer_real.json", out)
@@ -71,8 +72,8 @@ def main():
                                               "std": float(np.std(z)),
                                               "scatter_16_84": float(np.diff(np.percentile(z, [16, 84]))[0] / 2),
                                               "frac_abs_gt_3": float(np.mean(np.abs(z) > 3))},
-                               "frac_not_converged": float(np.mean((res2.summary["flags"] & 1024) > 0)),
-                               "frac_multimodal": float(np.mean((res2.summary["flags"] & 4096) > 0))}
+                               "frac_not_converged": float(np.mean((res2.summary["flags"] & int(Flag.NOT_CONVERGED)) > 0)),
+                               "frac_multimodal": float(np.mean((res2.summary["flags"] & int(Flag.MULTIMODAL)) > 0))}
     print(out["without_parallax"])
     write_json("infer_real.json", out)
 

@@ -36,7 +36,7 @@ class Flag(enum.IntFlag):
     NOT_CONVERGED = 1024     #: (inference) r̂ or ESS below threshold
     FIT_FAILED = 2048        #: (inference/evaluation) non-finite result
     NO_POSITION = 4096       #: (pixel pipeline) no finite (l, b): in pixel -1, fit with the position-free prior
-    MULTIMODAL = 8192        #: (inference) no mode holds 99 % of the grid posterior: chains seeded in several modes
+    MULTIMODAL = 8192        #: (inference) the chains ended in separate modes: r̂/ESS within modes, draws mass-weighted
 
     @classmethod
     def describe(cls, value: int) -> str:

@@ -180,7 +180,7 @@ def _fraction_outside(model, samples: dict, observed=None, chunk: int = 256) -> 
 
 
 def summarize(result: FitResult, model=None, ess_threshold: float = 200.0, rhat_threshold: float = 1.01,
-              outside_fraction: float = 0.5, observed=None) -> dict:
+              outside_fraction: float = 0.5, observed=None, diag: dict | None = None) -> dict:
     """The per-star summary table (columns :data:`~photoinfer.fitresult.SUMMARY_COLUMNS`), one row per star.
 
     Percentiles 16/50/84 of each parameter and of distance [pc]; ``rhat_max`` (max over the five
@@ -193,6 +193,8 @@ def summarize(result: FitResult, model=None, ess_threshold: float = 200.0, rhat_
 
     Stars with :data:`~photoinfer.catalog.INFERENCE_UNUSABLE` flags (not fit) get NaN and their flags.
     ``observed`` (N, B), the stars' observed bands, makes the validity test use each star's own bands.
+    ``diag``: precomputed rhat_max/ess_bulk_min/ess_tail_min (e.g. within modes,
+    :func:`photoinfer.infer.modes.combine_modes`) instead of :func:`diagnostics` of the draws.
     """
     n = len(result)
     flags = np.asarray(result.flags, np.int64).copy()
@@ -208,7 +210,9 @@ def summarize(result: FitResult, model=None, ess_threshold: float = 200.0, rhat_
         if finite.any():
             q[:, finite] = np.percentile(flat[:, finite], [16, 50, 84], axis=0)
         cols[f"{k}_p16"], cols[f"{k}_p50"], cols[f"{k}_p84"] = q
-    diag = diagnostics(params)
+    if diag is None:
+        diag = diagnostics(params)
+    diag = {k: np.asarray(diag[k], np.float64).copy() for k in ("rhat_max", "ess_bulk_min", "ess_tail_min")}
     cols.update(diag)
     div = result.sample_stats.get("diverging")
     cols["n_divergent"] = (np.sum(np.asarray(div, bool), axis=(0, 1)).astype(np.int64) if div is not None

@@ -142,22 +142,24 @@ def test_posterior_netcdf_roundtrip(small_fit, tmp_path):
 
 def test_bimodal_star_gets_chains_in_both_modes(released_model, prior):
     """A K dwarf without parallax: a giant 5 mag farther has the same colours, and more prior volume."""
-    from photoinfer.infer.init import candidate_grid, initial_points
+    from photoinfer.infer.init import candidate_grid, candidate_neighbours, initial_points
     from photoinfer.infer.model import constrain, model_arrays, star_inputs
     rng = np.random.default_rng(seed())
     cat = _mock(released_model, rng, [4700, 4.6, 0.0], np.array([9.0]), np.array([0.1]), parallax=False)
     arrays = model_arrays(released_model)
     x, cell = candidate_grid(prior, arrays)
+    nbr = candidate_neighbours(x, cell)
     s = jax.tree_util.tree_map(jnp.asarray, star_inputs(cat))
     key = jax.random.split(jax.random.PRNGKey(seed()), 1)
-    z0, cov, dom = initial_points(key, s, jnp.asarray(x), cell, arrays, prior, n_chains=4)
+    z0, cov, dom, mode = initial_points(key, s, jnp.asarray(x), nbr, cell, arrays, prior, n_chains=4)
     logg = np.asarray(constrain(z0[0], s, arrays, prior))[:, 1]
     assert float(dom[0]) < 0.99                                         # → Flag.MULTIMODAL in fit_catalog
     assert (logg > 3.5).any() and (logg < 3.5).any(), logg
     assert np.all(np.linalg.eigvalsh(np.asarray(cov[0])) > 0)
+    assert list(np.asarray(mode[0])) == [0, 1, 0, 1]                    # two modes, two chains each
     # a dominant mode takes every chain: with the threshold at the measured mass, all chains share a mode
-    z1, _, _ = initial_points(key, s, jnp.asarray(x), cell, arrays, prior, n_chains=4,
-                              dominant_mass=float(dom[0]) * 0.999)
+    z1 = initial_points(key, s, jnp.asarray(x), nbr, cell, arrays, prior, n_chains=4,
+                        dominant_mass=float(dom[0]) * 0.999)[0]
     logg1 = np.asarray(constrain(z1[0], s, arrays, prior))[:, 1]
     assert (logg1 > 3.5).all() or (logg1 < 3.5).all(), logg1
 
@@ -198,3 +200,75 @@ def test_calibration_must_show():
     for p, cov in out["coverage"].items():
         assert abs(cov["68"] - 0.68) < 0.03 and abs(cov["95"] - 0.95) < 0.02, (p, cov)
     assert out["frac_both"] >= 0.99
+
+
+def test_sampler_coordinates_roundtrip_and_constant_jacobian(released_model, prior):
+    """u = (x, δ, ε) ↔ z = (x, μ, logit E): inverse maps, a triangular Jacobian with det σ_μ,phot, the same
+    log density."""
+    from photoinfer.infer.model import (from_sampler, log_density, log_density_sampler, model_arrays,
+                                        photometric_mu, star_inputs, to_sampler)
+    rng = np.random.default_rng(seed())
+    cat = _mock(released_model, rng, [5500, 4.3, -0.2], np.array([10.0]), np.array([0.2]))
+    s = jax.tree_util.tree_map(lambda a: jnp.asarray(a[0]), star_inputs(cat))
+    arrays = model_arrays(released_model)
+    err2 = np.asarray(cat.mag_err[0]) ** 2 + 0.02 ** 2
+    for u in rng.normal(0, 0.7, (3, 5)).astype(np.float32):
+        u = jnp.asarray(u)
+        z = from_sampler(u, s, arrays, prior)
+        np.testing.assert_allclose(np.asarray(to_sampler(z, s, arrays, prior)), np.asarray(u), atol=2e-3)
+        J = np.asarray(jax.jacfwd(lambda v: from_sampler(v, s, arrays, prior))(u))
+        assert J[3, 3] == pytest.approx(np.sum(1 / err2) ** -0.5, rel=1e-4)     # constant diagonal
+        assert np.allclose(np.diag(J)[[0, 1, 2, 4]], 1.0)
+        assert np.allclose(J[:3, 3:], 0.0) and J[4, 3] == 0.0                    # triangular: x → ζ → μ
+        assert np.linalg.det(J) == pytest.approx(J[3, 3], rel=1e-4)
+        assert float(log_density_sampler(u, s, arrays, prior)) == pytest.approx(
+            float(log_density(z, s, arrays, prior)), abs=1e-3)
+        # μ_WLS: the weighted mean of m̂ − M(θ) − E R(θ)
+        E = prior.E_max / (1 + np.exp(-float(u[4])))
+        theta = released_model.theta_med + released_model.theta_std * np.asarray(u[:3])
+        pred = np.asarray(released_model.predict_magnitudes(theta[None], np.zeros(1), np.array([E])))[0]
+        want = np.sum((cat.mag[0] - pred) / err2) / np.sum(1 / err2)
+        assert float(photometric_mu(u[:3], jnp.float32(E), s, arrays)[0]) == pytest.approx(want, abs=2e-3)
+
+
+def test_chain_modes_groups_overlapping_chains():
+    from photoinfer.infer.modes import chain_modes
+    rng = np.random.default_rng(seed())
+    z = rng.normal(0, 1, (4, 300, 5))
+    assert list(chain_modes(z)) == [0, 0, 0, 0]
+    z[[1, 3], :, 2] += 10.0                                    # chains 1 and 3 in a mode 10σ away
+    assert list(chain_modes(z)) == [0, 1, 0, 1]
+    z[2, :, 0] += 1.5                                          # overlapping disagreement: still one mode
+    assert list(chain_modes(z)) == [0, 1, 0, 1]
+
+
+def test_combine_modes_weights_and_within_mode_rhat(released_model, prior):
+    """Synthetic chains in the two modes of a dwarf/giant star: the resampled draws follow the modes'
+    importance-sampled masses (to one draw), r̂ is computed within modes, and a chain off its mode
+    fails.  (The masses' accuracy is checked by the calibration benchmark.)"""
+    from photoinfer.infer.init import candidate_grid, candidate_neighbours, initial_points
+    from photoinfer.infer.model import constrain, model_arrays, star_inputs
+    from photoinfer.infer.modes import combine_modes
+    rng = np.random.default_rng(seed())
+    cat = _mock(released_model, rng, [4700, 4.6, 0.0], np.array([9.0]), np.array([0.1]), parallax=False)
+    arrays = model_arrays(released_model)
+    x, cell = candidate_grid(prior, arrays)
+    s = jax.tree_util.tree_map(jnp.asarray, star_inputs(cat))
+    z0, cov, _, mode = initial_points(jax.random.split(jax.random.PRNGKey(seed()), 1), s, jnp.asarray(x),
+                                      candidate_neighbours(x, cell), cell, arrays, prior, n_chains=4)
+    assert list(np.asarray(mode[0])) == [0, 1, 0, 1]
+    C, S = 4, 400
+    z = np.stack([rng.multivariate_normal(np.asarray(z0[0, c % 2]), 0.01 * np.asarray(cov[0, c % 2]), S)
+                  for c in range(C)])[:, :, None]                                            # (C, S, 1, 5)
+    z = np.concatenate([z, z], axis=2)
+    z[2, :, 1, :3] += 0.3                                     # star 1: chain 2 sits off its mode
+    phys = np.asarray(constrain(jnp.asarray(z, jnp.float32), None, arrays, prior), np.float64)
+    samples = dict(zip(("teff", "logg", "feh", "mu", "E"), np.moveaxis(phys, -1, 0)))
+    stars = jax.tree_util.tree_map(lambda a: np.repeat(np.asarray(a), 2, axis=0), star_inputs(cat))
+    out, diag, n_modes, w = combine_modes(samples, stars, arrays, prior, seed=seed(), n_draws=2048)
+    assert list(n_modes) == [2, 3]
+    assert diag["rhat_max"][0] <= 1.01 < diag["rhat_max"][1]
+    assert w[0, 0] == w[0, 2] and w[0, 1] == w[0, 3] and w[0, 0] + w[0, 1] == pytest.approx(1.0)
+    w1 = w[0, 1]
+    in_mode1 = np.abs(out["logg"][:, :, 0] - samples["logg"][1, 0, 0]) < np.abs(out["logg"][:, :, 0] - samples["logg"][0, 0, 0])
+    assert np.mean(in_mode1) == pytest.approx(w1, abs=1.0 / (C * S))    # systematic resampling: to one draw

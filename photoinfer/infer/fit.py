@@ -11,7 +11,8 @@ import numpy as np
 from ..batching import pad_to
 from ..catalog import INFERENCE_UNUSABLE, Flag
 from ..fitresult import PARAMETERS, FitResult
-from .init import candidate_grid, initial_points
+from .init import candidate_grid, candidate_neighbours, initial_points
+from .modes import combine_modes
 from .model import SIGMA_MODEL, model_arrays, star_inputs
 from .prior import InferencePrior, build_prior
 from .sampler import SamplerSettings, run_lanes
@@ -36,7 +37,8 @@ def fit_catalog(model, catalog, *, prior: str | InferencePrior = "bayestar", met
                 batch_size: int = 25, use_parallax: bool = True, use_position: bool = True, dust: str = "flat",
                 E_max: float | None = None, sigma_model: float = SIGMA_MODEL, max_num_doublings: int = 8,
                 ess_threshold: float = 200.0, rhat_threshold: float = 1.01, adaptation: str = "short",
-                target_accept: float = 0.85, dominant_mass: float = 0.99, callback=None, init=None) -> FitResult:
+                target_accept: float = 0.85, dominant_mass: float = 0.99, reparam: str = "mu_E", callback=None,
+                init=None) -> FitResult:
     """Sample the posterior p(θ, μ, E | m̂, ϖ̂, l, b) (METHOD §8) of every star of ``catalog``.
 
     Parameters
@@ -69,9 +71,14 @@ def fit_catalog(model, catalog, *, prior: str | InferencePrior = "bayestar", met
     target_accept : float
         Dual-averaging target acceptance rate.
     dominant_mass : float
-        All chains start in the grid's dominant mode when it holds at least this fraction of the
-        posterior mass; otherwise they are spread over the modes and the star is flagged
-        ``Flag.MULTIMODAL`` (see :mod:`photoinfer.infer.init`).
+        All chains start in the candidate grid's heaviest mode when it holds at least this fraction
+        of the posterior mass; otherwise they are dealt to the heaviest modes (see
+        :mod:`photoinfer.infer.init`).  When a star's chains end in separate modes (wherever they
+        started), the star is flagged ``Flag.MULTIMODAL``, its r̂/ESS are computed within modes
+        and its draws weighted by the modes' importance-sampled masses (:mod:`photoinfer.infer.modes`).
+    reparam : {"mu_E", "mu", "none"}
+        The sampler's coordinates (see :mod:`photoinfer.infer.sampler`): "mu" samples
+        δ = (μ − μ_WLS(θ, E))/σ_μ,phot instead of μ, "mu_E" also ε = logit(E/E_max) − ζ₀(θ).
     callback : callable(n_done, n_total), optional
         Called after each batch (progress bars).
     init : (z0 (N, num_chains, 5), inv_mass (N, num_chains, 5, 5)), optional
@@ -98,7 +105,8 @@ def fit_catalog(model, catalog, *, prior: str | InferencePrior = "bayestar", met
     arrays = model_arrays(model)
     settings = SamplerSettings(num_warmup=int(num_warmup), num_samples=int(num_samples),
                                max_num_doublings=int(max_num_doublings), sigma_model=float(sigma_model),
-                               adaptation=adaptation, target_accept=float(target_accept))
+                               adaptation=adaptation, target_accept=float(target_accept),
+                               reparam=str(reparam))
     inputs = star_inputs(catalog, use_parallax=use_parallax, use_position=use_position)
     if prior.sightline and not inputs.has_lb.any():
         prior = prior.position_free          # no star has a position: skip that term
@@ -107,11 +115,11 @@ def fit_catalog(model, catalog, *, prior: str | InferencePrior = "bayestar", met
     run = np.flatnonzero((flags & int(INFERENCE_UNUSABLE)) == 0)
     keys = np.asarray(_star_keys(seed, np.arange(n)))
     x_cand, cell = candidate_grid(prior, arrays)
+    nbr = candidate_neighbours(x_cand, cell)
     x_cand = jnp.asarray(x_cand)
     C, S = int(num_chains), int(num_samples)
     draws = np.full((n, C, S, len(PARAMETERS)), np.nan, np.float32)
     stats = {k: np.zeros((n, C, S), np.float32) for k in _STATS}
-    dominant = np.ones(n)
     # lanes per call: batch_size, or n rounded up to a power of two (not len(run): the flags or a
     # caller's subsets, e.g. grid+nuts refits, give at most log2(batch_size) + 2 compilations)
     size = max(1, min(int(batch_size), 1 << max(n - 1, 0).bit_length()))
@@ -123,9 +131,8 @@ def fit_catalog(model, catalog, *, prior: str | InferencePrior = "bayestar", met
         skeys = pad_to(keys[idx], size)
         init_keys = jax.vmap(lambda kk: jax.random.fold_in(kk, 1_000_003))(jnp.asarray(skeys))
         if init is None:
-            z0, inv_mass, dom = initial_points(init_keys, star, x_cand, cell, arrays, prior, n_chains=C,
-                                               sigma_model=sigma_model, dominant_mass=dominant_mass)
-            dominant[idx] = np.asarray(dom)[:k]
+            z0, inv_mass, _, _ = initial_points(init_keys, star, x_cand, nbr, cell, arrays, prior, n_chains=C,
+                                                sigma_model=sigma_model, dominant_mass=dominant_mass)
         else:  # given starting points (e.g. every grid mode): the caller knows the modes
             z0, inv_mass = (jnp.asarray(pad_to(np.asarray(a)[idx], size)) for a in init)
         lane_keys = jax.vmap(lambda kk: jax.vmap(lambda c: jax.random.fold_in(kk, c))(jnp.arange(C)))(jnp.asarray(skeys))
@@ -148,8 +155,11 @@ def fit_catalog(model, catalog, *, prior: str | InferencePrior = "bayestar", met
                               "num_samples": S, "num_chains": C, "seed": int(seed), "batch_size": size,
                               "use_parallax": bool(use_parallax), "use_position": bool(use_position),
                               "model": str(model.provenance.get("source", model.provenance.get("name", ""))),
-                              "sampling_time_s": float(elapsed), "dominant_mass": float(dominant_mass)})
-    result.flags = np.where(dominant < dominant_mass, result.flags | int(Flag.MULTIMODAL), result.flags)
-    result.summary = summarize(result, model=model, ess_threshold=ess_threshold, rhat_threshold=rhat_threshold)
+                              "sampling_time_s": float(elapsed), "dominant_mass": float(dominant_mass),
+                              "reparam": str(reparam)})
+    result.samples, diag, n_modes, _ = combine_modes(samples, inputs, arrays, prior, sigma_model=sigma_model, seed=seed)
+    result.flags = np.where(n_modes > 1, result.flags | int(Flag.MULTIMODAL), result.flags)
+    result.summary = summarize(result, model=model, ess_threshold=ess_threshold, rhat_threshold=rhat_threshold,
+                               diag=diag)
     result.flags = np.asarray(result.summary["flags"], np.int64)
     return result

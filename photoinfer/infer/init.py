@@ -7,14 +7,16 @@
    as a pseudo-observation μ̂ = 10 − 5 log10 ϖ̂ when ϖ̂/σ_ϖ > 3; E clipped into [0, E_max].
 3. **Scoring** — the exact log posterior (:func:`~photoinfer.infer.model.log_density`) at every
    candidate.
-4. **Modes** — the best candidate, then greedily the best candidates farther than ``separation``
-   in standardized (Teff, logg) from every mode already chosen (dwarf vs giant; [M/H] is left to
-   the sampler), kept when within ``delta_lnp`` of the best; each candidate belongs to its nearest
-   mode centre, and a mode's mass is the sum of its candidates' posterior weights.  When the
-   best point's mode holds ≥ ``dominant_mass`` (99 %) of the mass, every chain starts in it;
-   otherwise chains are dealt to the modes in turn (chain c → mode c mod n_modes) and the star is
-   flagged ``MULTIMODAL`` (r̂ across chains in different modes measures the modes' separation,
-   not convergence).
+4. **Modes** — each candidate's mass is its posterior density times the Laplace volume of
+   (μ, E), p(θ, μ̂, Ê | data) · 2π det(Σ_μE)^½ (equal θ cells); the modes are the basins of
+   steepest ascent of this mass on the candidate lattice (each candidate points to its heaviest
+   neighbour among the 26, pointers followed to a local maximum), so modes separated in any of
+   Teff, logg, [M/H] (dwarf vs giant, metal-poor/high-E vs metal-rich/low-E) are found; a mode's
+   mass is the sum over its basin.  When the heaviest mode holds ≥ ``dominant_mass`` (99 %) of
+   the mass, every chain starts in it; otherwise the ``n_chains // 2`` heaviest modes (those
+   above ``min_mass``) get chains in turn (chain c → mode c mod n_modes, so every mode has ≥ 2
+   chains).  The modes' weights in the posterior are estimated after sampling from the chains
+   themselves (:mod:`photoinfer.infer.modes`).
 5. **Start and metric** — within its mode, a chain starts at a candidate drawn with weight
    p(candidate | data) (plus a uniform offset within the grid cell), so chains start spread over
    the mode; its initial inverse mass matrix is the p-weighted covariance of the mode's candidates,
@@ -31,7 +33,7 @@ import numpy as np
 
 from .model import SIGMA_MODEL, ModelArrays, StarInputs, _predicted_magnitudes, log_density
 
-__all__ = ["candidate_grid", "initial_points"]
+__all__ = ["candidate_grid", "candidate_neighbours", "initial_points"]
 
 
 def candidate_grid(prior, arrays: ModelArrays, stride: int = 1) -> np.ndarray:
@@ -47,6 +49,18 @@ def candidate_grid(prior, arrays: ModelArrays, stride: int = 1) -> np.ndarray:
     theta = np.asarray(sp.origin) + idx * np.asarray(sp.step)
     x = (theta - np.asarray(arrays.theta_med)) / np.asarray(arrays.theta_std)
     return x.astype(np.float32), (stride * np.asarray(sp.step) / np.asarray(arrays.theta_std)).astype(np.float32)
+
+
+def candidate_neighbours(x: np.ndarray, cell: np.ndarray) -> np.ndarray:
+    """(P, 27) indices of each candidate's lattice neighbours (itself first; missing neighbours → itself)."""
+    ijk = np.rint((x - x.min(axis=0)) / cell).astype(np.int64)
+    index = {tuple(v): i for i, v in enumerate(ijk)}
+    offsets = [(0, 0, 0)] + [o for o in np.ndindex(3, 3, 3) if o != (1, 1, 1)]
+    out = np.empty((len(x), 27), np.int32)
+    for j, o in enumerate(offsets):
+        d = np.asarray(o) - (0 if j == 0 else 1)
+        out[:, j] = [index.get(tuple(v), i) for i, v in enumerate(ijk + d)]
+    return out
 
 
 def _linear_mu_E(s: StarInputs, M, R, E_max, sigma_model):
@@ -69,93 +83,82 @@ def _linear_mu_E(s: StarInputs, M, R, E_max, sigma_model):
     return mu, E, cov / det[..., None, None]
 
 
-def _mode_centres(x, lp, n_modes, separation, delta_lnp):
-    """Indices (n_modes,) of mode centres among the candidates, -1 where no further mode exists."""
-    best = jnp.argmax(lp)
-    modes = [best]
-    for _ in range(n_modes - 1):
-        dist = jnp.min(jnp.stack([jnp.linalg.norm((x - x[m])[:, :2], axis=-1) for m in modes]), axis=0)
-        ok = (dist > separation) & (lp > lp[best] - delta_lnp)
-        for m in modes:
-            ok = ok & (m >= 0)
-        cand = jnp.argmax(jnp.where(ok, lp, -jnp.inf))
-        modes.append(jnp.where(ok.any(), cand, -1))
-    return jnp.stack(modes)
-
-
-def _star_starts(key, s, x_cand, cell, M, R, arrays, prior, n_chains, separation, delta_lnp, sigma_model,
-                 dominant_mass):
-    """Start positions (C, 5), inverse mass matrices (C, 5, 5) of one star's chains, the dominant mode's mass ()."""
+def _star_starts(key, s, x_cand, nbr, cell, M, R, arrays, prior, n_chains, sigma_model, dominant_mass, min_mass):
+    """One star's chain starts (C, 5), inverse mass matrices (C, 5, 5), the heaviest mode's mass fraction ()
+    and each chain's mode (C,) int."""
     mu, E, cov_muE = _linear_mu_E(s, M, R, prior.E_max, sigma_model)
     e = E / prior.E_max
     z = jnp.concatenate([x_cand, mu[:, None], jnp.log(e / (1 - e))[:, None]], axis=-1)       # (P, 5)
     lp = jax.vmap(lambda zz: log_density(zz, s, arrays, prior, sigma_model))(z)
     lp = jnp.where(jnp.isfinite(lp), lp, -jnp.inf)
-    centres = _mode_centres(x_cand, lp, n_chains, separation, delta_lnp)                   # (C,)
-    found = centres >= 0
-    # every candidate belongs to its nearest mode centre (in standardized Teff, logg)
-    d = jnp.stack([jnp.where(c >= 0, jnp.linalg.norm((x_cand - x_cand[jnp.maximum(c, 0)])[:, :2], axis=-1),
-                             jnp.inf) for c in centres], axis=-1)                            # (P, C)
-    member = jnp.argmin(d, axis=-1)
+    # mass of each candidate's cell: density in (θ, μ, E) (drop the logit Jacobian dE/dζ = E(1 − e))
+    # times the (μ, E) Laplace volume
+    lmass = lp - jnp.log(E * (1 - e)) + 0.5 * jnp.linalg.slogdet(cov_muE)[1]
+    lmass = jnp.where(jnp.isfinite(lmass), lmass, -jnp.inf)
+    # basins of steepest ascent on the lattice (pointer jumping to the local maxima)
+    ptr = nbr[jnp.arange(nbr.shape[0]), jnp.argmax(lmass[nbr], axis=-1)]
+    for _ in range(int(np.ceil(np.log2(max(nbr.shape[0], 2)))) + 1):
+        ptr = ptr[ptr]
+    w = jnp.exp(lmass - jnp.max(lmass))
+    basin = jax.ops.segment_sum(w, ptr, num_segments=nbr.shape[0])                          # (P,) by root
+    total = jnp.sum(basin)
+    n_modes = max(n_chains // 2, 1)
+    top_mass, top = jax.lax.top_k(basin, n_modes)
+    dominant = top_mass[0] / total
+    n_found = jnp.where(dominant >= dominant_mass, 1, jnp.maximum(jnp.sum(top_mass >= min_mass * total), 1))
+    chain_mode = jnp.arange(n_chains) % n_found
     # (μ, E) conditional covariance in (μ, logit E) at each candidate
     jac = 1.0 / (E * (1 - e))
     cz = cov_muE * jnp.stack([jnp.stack([jnp.ones_like(jac), jac], -1), jnp.stack([jac, jac * jac], -1)], -2)
-    # posterior mass of each mode (candidates are cells of equal volume)
-    lmass = jnp.stack([jnp.where(found[m], jax.scipy.special.logsumexp(jnp.where(member == m, lp, -jnp.inf)), -jnp.inf)
-                       for m in range(n_chains)])
-    dominant = jnp.exp(lmass[0] - jax.scipy.special.logsumexp(lmass))                        # the best point's mode
-    order = jnp.argsort(~found)                                                             # found modes first
-    n_found = jnp.where(dominant >= dominant_mass, 1, jnp.sum(found))
-    chain_mode = order[jnp.arange(n_chains) % n_found]
     keys = jax.random.split(key, n_chains)
 
     def one_chain(k, mode):
-        w = jnp.where(member == mode, lp, -jnp.inf)
-        w = jnp.exp(w - jnp.max(w))
-        w = w / jnp.sum(w)
-        mean = w @ z
+        wm = jnp.where(ptr == top[mode], lp, -jnp.inf)
+        wm = jnp.exp(wm - jnp.max(wm))
+        wm = wm / jnp.sum(wm)
+        mean = wm @ z
         dz = z - mean
-        cov = (dz * w[:, None]).T @ dz
-        cov = cov.at[3:, 3:].add(jnp.einsum("p,pij->ij", w, cz))
+        cov = (dz * wm[:, None]).T @ dz
+        cov = cov.at[3:, 3:].add(jnp.einsum("p,pij->ij", wm, cz))
         cov = cov + jnp.diag(jnp.concatenate([cell ** 2 / 12.0, jnp.array([1e-4, 1e-4])]))
         k1, k2 = jax.random.split(k)
-        i = jax.random.choice(k1, z.shape[0], p=w)
+        i = jax.random.choice(k1, z.shape[0], p=wm)
         jitter = jnp.concatenate([(jax.random.uniform(k2, (3,)) - 0.5) * cell, jnp.zeros(2)])
         return z[i] + jitter, cov
 
     z0, inv_mass = jax.vmap(one_chain)(keys, chain_mode)
-    return z0, inv_mass, dominant
+    return z0, inv_mass, dominant, chain_mode
 
 
-@partial(jax.jit, static_argnames=("prior", "n_chains", "sigma_model", "separation", "delta_lnp"))
-def initial_points(keys, stars: StarInputs, x_cand, cell, arrays: ModelArrays, prior, n_chains: int = 4,
-                   sigma_model: float = SIGMA_MODEL, separation: float = 1.5, delta_lnp: float = 8.0,
-                   dominant_mass: float = 0.99):
-    """Initial positions and inverse mass matrices for N stars × n_chains chains.
+@partial(jax.jit, static_argnames=("prior", "n_chains", "sigma_model"))
+def initial_points(keys, stars: StarInputs, x_cand, nbr, cell, arrays: ModelArrays, prior, n_chains: int = 4,
+                   sigma_model: float = SIGMA_MODEL, dominant_mass: float = 0.99, min_mass: float = 1e-3):
+    """Initial positions and inverse mass matrices for N stars × n_chains chains, and their modes.
 
     Parameters
     ----------
     keys : (N, 2) PRNG keys, one per star (so a star's start does not depend on its batch)
     stars : StarInputs with leading axis N
     x_cand : (P, 3) standardized θ candidates, cell : (3,) their grid spacing (:func:`candidate_grid`)
+    nbr : (P, 27) lattice neighbours (:func:`candidate_neighbours`)
     arrays : ModelArrays; prior : InferencePrior (static)
     n_chains : int
-    separation : float
-        Minimum distance between modes in standardized θ.
-    delta_lnp : float
-        A separate mode seeds chains only when its ln p is within this of the best.
     dominant_mass : float
-        When the best point's mode holds at least this fraction of the candidates' posterior mass,
-        every chain starts in it (the other modes are negligible); otherwise chains are dealt to the
-        modes in turn.
+        When the heaviest mode holds at least this fraction of the candidates' posterior mass,
+        every chain starts in it (the other modes are negligible); otherwise chains are dealt to
+        the ``n_chains // 2`` heaviest modes in turn.
+    min_mass : float
+        Modes lighter than this fraction of the mass get no chain.
 
     Returns
     -------
     z0 : (N, n_chains, 5); inv_mass : (N, n_chains, 5, 5)
-    dominant : (N,) posterior mass fraction of the dominant mode (< ``dominant_mass``: multimodal star)
+    dominant : (N,) posterior mass fraction of the heaviest mode (< ``dominant_mass``: chains in several modes)
+    chain_mode : (N, n_chains) int, the mode each chain starts in (0 = heaviest)
     """
     M = _predicted_magnitudes(arrays, x_cand, jnp.zeros(x_cand.shape[0]), jnp.zeros(x_cand.shape[0]))
     R = _predicted_magnitudes(arrays, x_cand, jnp.zeros(x_cand.shape[0]), jnp.ones(x_cand.shape[0])) - M
     cell = jnp.asarray(cell, jnp.float32)
-    return jax.vmap(lambda k, s: _star_starts(k, s, x_cand, cell, M, R, arrays, prior, n_chains, separation,
-                                              delta_lnp, sigma_model, dominant_mass))(keys, stars)
+    nbr = jnp.asarray(nbr)
+    return jax.vmap(lambda k, s: _star_starts(k, s, x_cand, nbr, cell, M, R, arrays, prior, n_chains, sigma_model,
+                                              dominant_mass, min_mass))(keys, stars)

@@ -28,7 +28,8 @@ from numpyro.infer.util import potential_energy
 from ..model import network
 
 __all__ = ["StarInputs", "star_inputs", "ModelArrays", "model_arrays", "star_model", "catalog_model",
-           "log_density", "constrain", "unconstrain", "parallax_of_mu", "NDIM", "SIGMA_MODEL"]
+           "log_density", "constrain", "unconstrain", "parallax_of_mu", "NDIM", "SIGMA_MODEL",
+           "photometric_mu", "photometric_logit_E", "to_sampler", "from_sampler", "log_density_sampler"]
 
 #: Dimension of a star's unconstrained position (x₁, x₂, x₃, μ, logit E).
 NDIM = 5
@@ -155,6 +156,118 @@ def _unflatten(z):
 def log_density(z, s: StarInputs, arrays: ModelArrays, prior, sigma_model: float = SIGMA_MODEL):
     """ln p(z | data) + const of one star at the unconstrained position z (5,) (numpyro's potential, negated)."""
     return -potential_energy(star_model, (s, arrays, prior, sigma_model), {}, _unflatten(z))
+
+
+def _absolute_and_extinction(arrays: ModelArrays, x):
+    """M(θ) (B,) absolute magnitudes and R(θ) (B,) extinction per unit E at standardized θ = x [mag]."""
+    am = network.colour_basis_absolute(arrays.params, x)
+    return am.at[..., 1:].add(am[..., :1]), network.extinction_vector(arrays.params, x)
+
+
+def _weights(s: StarInputs, sigma_model):
+    return s.obs / (s.mag_err ** 2 + sigma_model ** 2)
+
+
+def _mu_wls(M, R, E, s: StarInputs, sigma_model):
+    w = _weights(s, sigma_model)
+    sw = jnp.sum(w)
+    has = sw > 0
+    mu = jnp.where(has, jnp.sum(w * (s.mag - M - E * R)) / jnp.where(has, sw, 1.0), 0.0)
+    return mu, jnp.where(has, jax.lax.rsqrt(jnp.where(has, sw, 1.0)), 1.0)
+
+
+def _zeta0(M, R, s: StarInputs, E_max, sigma_model, width: float = 0.05, bound: float = 5.0):
+    w = _weights(s, sigma_model)
+    d = s.mag - M
+    a11, a12, a22 = jnp.sum(w), jnp.sum(w * R), jnp.sum(w * R * R)
+    b1, b2 = jnp.sum(w * d), jnp.sum(w * R * d)
+    det = a11 * a22 - a12 ** 2
+    ok = (jnp.sum(s.obs) >= 2) & (det > 1e-6 * a11 * a22)
+    r = jnp.where(ok, (a11 * b2 - a12 * b1) / jnp.where(ok, det, 1.0), 0.5 * E_max) / E_max
+    beta = E_max / width
+    sp = lambda v: jax.nn.softplus(beta * v) / beta  # noqa: E731
+    ell = jnp.log(sp(r)) - jnp.log(sp(1.0 - r))
+    return jnp.where(ok, bound * jnp.tanh(ell / bound), 0.0)
+
+
+def photometric_mu(x, E, s: StarInputs, arrays: ModelArrays, sigma_model: float = SIGMA_MODEL):
+    """μ_WLS(θ, E) and σ_μ,phot of one star: the distance modulus the magnitudes fix at (θ, E).
+
+        μ_WLS(θ, E) = Σ_b w_b (m̂_b − M_b(θ) − E R_b(θ)) / Σ_b w_b,   σ_μ,phot = (Σ_b w_b)^(−1/2),
+        w_b = 1/(σ_b² + σ_model²) over the observed bands.
+
+    A star with no observed band gets μ_WLS = 0 and σ_μ,phot = 1.
+
+    Parameters
+    ----------
+    x : (3,) standardized θ; E : () reddening
+
+    Returns
+    -------
+    mu_wls, sigma : () [mag]
+    """
+    M, R = _absolute_and_extinction(arrays, x)
+    return _mu_wls(M, R, E, s, sigma_model)
+
+
+def photometric_logit_E(x, s: StarInputs, arrays: ModelArrays, E_max: float, sigma_model: float = SIGMA_MODEL):
+    """ζ₀(θ): where the magnitudes put logit(E/E_max) at θ, softly bounded.
+
+        (μ, E)_WLS(θ) = argmin Σ_b w_b (m̂_b − M_b(θ) − μ − E R_b(θ))²          (2 × 2 weighted least squares)
+        ζ₀(θ) = L tanh(ℓ(E_WLS/E_max)/L),  ℓ(r) = ln s(r) − ln s(1 − r),  s(r) = softplus(β r)/β
+
+    with β = E_max/(0.05 mag) and L = 5: ℓ is the logit inside (0, 1), finite outside, and the tanh
+    keeps ζ₀ within ±L.  A star with fewer than two observed bands gets ζ₀ = 0.
+    """
+    M, R = _absolute_and_extinction(arrays, x)
+    return _zeta0(M, R, s, E_max, sigma_model)
+
+
+def _from_sampler(u, M, R, s, E_max, sigma_model, shift_E):
+    """(μ, ζ, E) of u given M(θ), R(θ)."""
+    zeta = u[4] + (_zeta0(M, R, s, E_max, sigma_model) if shift_E else 0.0)
+    E = E_max * jax.nn.sigmoid(zeta)
+    mu0, sig = _mu_wls(M, R, E, s, sigma_model)
+    return mu0 + sig * u[3], zeta, E
+
+
+def from_sampler(u, s: StarInputs, arrays: ModelArrays, prior, sigma_model: float = SIGMA_MODEL,
+                 shift_E: bool = True):
+    """Unconstrained z (5,) = (x, μ, ζ) of the sampler's position u (5,) = (x, δ, ε), ζ = logit(E/E_max):
+
+        ζ = ζ₀(θ) + ε   (``shift_E``; else ζ = ε),     μ = μ_WLS(θ, E) + σ_μ,phot δ
+
+    (:func:`photometric_logit_E`, :func:`photometric_mu`).  The map is triangular (θ → ζ → μ) with
+    the constant diagonal (1, 1, 1, σ_μ,phot, 1): its Jacobian is a per-star constant."""
+    M, R = _absolute_and_extinction(arrays, u[:3])
+    mu, zeta, _ = _from_sampler(u, M, R, s, prior.E_max, sigma_model, shift_E)
+    return u.at[3].set(mu).at[4].set(zeta)
+
+
+def to_sampler(z, s: StarInputs, arrays: ModelArrays, prior, sigma_model: float = SIGMA_MODEL, shift_E: bool = True):
+    """The inverse of :func:`from_sampler`: u (5,) = (x, δ, ε) of z (5,)."""
+    M, R = _absolute_and_extinction(arrays, z[:3])
+    E = prior.E_max * jax.nn.sigmoid(z[4])
+    mu0, sig = _mu_wls(M, R, E, s, sigma_model)
+    eps = z[4] - (_zeta0(M, R, s, prior.E_max, sigma_model) if shift_E else 0.0)
+    return z.at[3].set((z[3] - mu0) / sig).at[4].set(eps)
+
+
+def log_density_sampler(u, s: StarInputs, arrays: ModelArrays, prior, sigma_model: float = SIGMA_MODEL,
+                        shift_E: bool = True):
+    """ln p(u | data) + const in the sampler's coordinates u = (x, δ, ε): :func:`log_density` at
+    z = :func:`from_sampler` (u) (the constant Jacobian σ_μ,phot dropped), written out so that the
+    network is evaluated once per call (M(θ), R(θ) shared by ζ₀, μ_WLS and the likelihood)."""
+    x = u[:3]
+    M, R = _absolute_and_extinction(arrays, x)
+    mu, zeta, E = _from_sampler(u, M, R, s, prior.E_max, sigma_model, shift_E)
+    sigma = jnp.sqrt(s.mag_err ** 2 + sigma_model ** 2)
+    ll = jnp.sum(jnp.where(s.obs, jax.scipy.stats.norm.logpdf(s.mag, M + mu + E * R, sigma), 0.0))
+    ll = ll + jnp.where(s.has_plx, jax.scipy.stats.norm.logpdf(s.parallax, parallax_of_mu(mu), s.parallax_err), 0.0)
+    theta = arrays.theta_med + arrays.theta_std * x
+    lp = prior.log_prior(theta, mu, E, s.l, s.b, s.has_lb, s.E0, s.sigma_E0)
+    log_jac = jnp.log(prior.E_max) + jax.nn.log_sigmoid(zeta) + jax.nn.log_sigmoid(-zeta)    # dE/dζ
+    return ll + lp + log_jac
 
 
 def constrain(z, s: StarInputs, arrays: ModelArrays, prior):

@@ -11,6 +11,11 @@ approximation at its mode), so warm-up only refines them:
 3. final fast window: step size only; the sampling phase uses its dual-averaged step size.
 
 The log density is numpyro's potential of :func:`photoinfer.infer.model.star_model`, negated.
+With ``reparam`` (default) a lane samples u = (x, δ, logit E/E_max) instead of z = (x, μ, logit E/E_max),
+μ = μ_WLS(θ, E) + σ_μ,phot δ (:func:`photoinfer.infer.model.photometric_mu`): the magnitudes fix μ
+to σ_μ,phot ≈ 0.01 mag at each (θ, E), so the curved ridge μ ≈ μ_WLS(θ, E) becomes the axis δ ≈ 0.
+The map is triangular with a constant diagonal (constant Jacobian); z₀ and Σ₀ are mapped to u
+(Σ₀ by the map's Jacobian at z₀), the draws back to z.
 One call of :func:`run_lanes` compiles once per lane count (callers pad to a fixed size).
 """
 from __future__ import annotations
@@ -25,7 +30,7 @@ from blackjax.adaptation.base import get_filter_adapt_info_fn
 from blackjax.adaptation.step_size import dual_averaging_adaptation
 from blackjax.mcmc import nuts as bj_nuts
 
-from .model import SIGMA_MODEL, constrain, log_density
+from .model import SIGMA_MODEL, constrain, from_sampler, log_density, log_density_sampler, to_sampler
 
 __all__ = ["SamplerSettings", "run_lanes"]
 
@@ -43,6 +48,7 @@ class SamplerSettings(NamedTuple):
     initial_step_size: float = 0.5
     sigma_model: float = SIGMA_MODEL
     adaptation: str = "window"
+    reparam: str = "mu_E"
 
 
 def _windows(st: SamplerSettings):
@@ -53,7 +59,15 @@ def _windows(st: SamplerSettings):
 
 def _lane(key, z0, inv_mass0, s, arrays, prior, st: SamplerSettings):
     """Warm-up and sampling of one (star, chain) lane; returns constrained draws and statistics."""
-    logdensity = partial(log_density, s=s, arrays=arrays, prior=prior, sigma_model=st.sigma_model)
+    if st.reparam != "none":   # sample u = (x, δ, ε) (module doc); the metric follows the linear map at z₀
+        kw = dict(s=s, arrays=arrays, prior=prior, sigma_model=st.sigma_model, shift_E=st.reparam == "mu_E")
+        J = jax.jacfwd(partial(to_sampler, **kw))(z0)
+        z0, inv_mass0 = to_sampler(z0, **kw), J @ inv_mass0 @ J.T
+        logdensity = partial(log_density_sampler, **kw)
+        to_z = jax.vmap(partial(from_sampler, **kw))
+    else:
+        logdensity = partial(log_density, s=s, arrays=arrays, prior=prior, sigma_model=st.sigma_model)
+        to_z = lambda z: z  # noqa: E731
     k1, k2 = jax.random.split(key)
     if st.adaptation == "window":
         warm = blackjax.window_adaptation(blackjax.nuts, logdensity, is_mass_matrix_diagonal=False,
@@ -76,7 +90,7 @@ def _lane(key, z0, inv_mass0, s, arrays, prior, st: SamplerSettings):
 
     _, (zs, stats) = jax.lax.scan(sample, state, jax.random.split(k2, st.num_samples))
     stats["step_size"] = jnp.full(st.num_samples, step_size)
-    return constrain(zs, s, arrays, prior), stats
+    return constrain(to_z(zs), s, arrays, prior), stats
 
 
 def _short_warmup(key, z0, inv_mass0, logdensity, st: SamplerSettings):
