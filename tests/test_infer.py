@@ -140,6 +140,22 @@ def test_posterior_netcdf_roundtrip(small_fit, tmp_path):
     assert not list(tmp_path.glob("*.tmp"))
 
 
+def test_candidates_cover_the_priors_support(released_model, prior):
+    """Chain starts come from the prior's whole support (wall < 5 nats), not only the region of validity:
+    ~18 % of the prior's draws lie outside that region, and a star there needs a start there."""
+    from photoinfer.infer.init import candidate_grid
+    from photoinfer.infer.model import model_arrays
+    arrays = model_arrays(released_model)
+    sp = prior.prior.stellar
+    x, _ = candidate_grid(prior, arrays)
+    theta = np.asarray(arrays.theta_med) + np.asarray(arrays.theta_std) * x
+    wall = np.asarray(sp.log_wall(theta))
+    inside = np.asarray(sp.in_valid_region(theta))
+    assert np.all(wall >= -5.0 - 1e-3)
+    assert inside.sum() == np.asarray(sp.valid).sum()                  # every valid node is a candidate
+    assert (~inside).sum() > 0.2 * inside.sum()                        # and the wall's nodes too
+
+
 def test_bimodal_star_gets_chains_in_both_modes(released_model, prior):
     """A K dwarf without parallax: a giant 5 mag farther has the same colours, and more prior volume."""
     from photoinfer.infer.init import candidate_grid, candidate_neighbours, initial_points

@@ -1,7 +1,7 @@
 """Initial points and inverse mass matrices for the per-star chains, finding separate modes.
 
-1. **Candidates** — a coarse θ grid over the region of validity (the stellar prior's valid nodes,
-   every ``stride``-th along each axis); M(θ) and R(θ) precomputed once.
+1. **Candidates** — a coarse θ grid over the stellar prior's support (its nodes where the validity
+   wall costs < 5 nats, every ``stride``-th along each axis); M(θ) and R(θ) precomputed once.
 2. **Linear (μ, E)** at each candidate and star — weighted least squares of
    m̂ − M(θ) = μ + E R(θ) over the observed bands (weights 1/(σ_m² + σ_model²)), with the parallax
    as a pseudo-observation μ̂ = 10 − 5 log10 ϖ̂ when ϖ̂/σ_ϖ > 3; E clipped into [0, E_max].
@@ -36,15 +36,25 @@ from .model import SIGMA_MODEL, ModelArrays, StarInputs, _predicted_magnitudes, 
 __all__ = ["candidate_grid", "candidate_neighbours", "initial_points"]
 
 
-def candidate_grid(prior, arrays: ModelArrays, stride: int = 1) -> np.ndarray:
-    """Standardized θ candidates x (P, 3) on the valid nodes of the stellar prior (every ``stride``-th node),
-    and the grid spacing (3,) in standardized units."""
+def candidate_grid(prior, arrays: ModelArrays, stride: int = 1, wall: float = 5.0) -> np.ndarray:
+    """Standardized θ candidates x (P, 3) on the nodes of the stellar prior's support (every ``stride``-th
+    node), and the grid spacing (3,) in standardized units.
+
+    The support is where the prior's validity wall costs less than ``wall`` nats (``log_wall``; the
+    same region as :func:`photoinfer.grid.make_theta_grid`), not only the region of validity: the
+    soft wall gives the prior ~18 % of its mass outside that region (e.g. metal-poor giants), and
+    a star whose posterior lies there needs candidates there to start its chains in that mode.
+    A prior without ``log_wall`` (the gridded ``StellarPrior``): its valid nodes."""
     sp = prior.prior.stellar
     if sp is None:  # no validity grid: a plain box around θ_med
         g = np.linspace(-2.5, 2.5, 21)
         x = np.stack(np.meshgrid(g, g, g, indexing="ij"), -1).reshape(-1, 3).astype(np.float32)
         return x, np.full(3, g[1] - g[0], np.float32)
-    valid = np.asarray(sp.valid)[::stride, ::stride, ::stride]
+    if hasattr(sp, "log_wall") and hasattr(sp, "_nodes"):
+        valid = np.asarray(sp.log_wall(sp._nodes())) >= -wall
+    else:
+        valid = np.asarray(sp.valid)
+    valid = valid[::stride, ::stride, ::stride]
     idx = np.argwhere(valid) * stride
     theta = np.asarray(sp.origin) + idx * np.asarray(sp.step)
     x = (theta - np.asarray(arrays.theta_med)) / np.asarray(arrays.theta_std)
