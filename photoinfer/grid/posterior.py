@@ -115,9 +115,8 @@ def _in_cell(ga: GridArrays, stellar, spacing, tk, u):
     from ..model import network
     th = tk + u * spacing
     net = ga.network
-    x = (th - net["theta_med"]) / net["theta_std"]
-    am = network.colour_basis_absolute(net["params"], x)
-    M = am.at[..., 1:].add(am[..., :1])
+    x = network.standardize(th, net["theta_med"], net["theta_std"])
+    M = network.absolute_magnitudes(net["params"], x)
     R = network.extinction_vector(net["params"], x)
     lp = jnp.zeros(th.shape[:-1], jnp.float32) if stellar is None else stellar(th)
     return th, M, R, lp

@@ -98,8 +98,7 @@ def parallax_of_mu(mu):
 
 def _predicted_magnitudes(arrays: ModelArrays, x, mu, E):
     """M(θ) + μ + E R(θ) at standardized θ = x, shape (..., B) [mag]."""
-    am = network.colour_basis_absolute(arrays.params, x)
-    M = am.at[..., 1:].add(am[..., :1])
+    M = network.absolute_magnitudes(arrays.params, x)
     return M + mu[..., None] + E[..., None] * network.extinction_vector(arrays.params, x)
 
 
@@ -160,8 +159,7 @@ def log_density(z, s: StarInputs, arrays: ModelArrays, prior, sigma_model: float
 
 def _absolute_and_extinction(arrays: ModelArrays, x):
     """M(θ) (B,) absolute magnitudes and R(θ) (B,) extinction per unit E at standardized θ = x [mag]."""
-    am = network.colour_basis_absolute(arrays.params, x)
-    return am.at[..., 1:].add(am[..., :1]), network.extinction_vector(arrays.params, x)
+    return network.absolute_magnitudes(arrays.params, x), network.extinction_vector(arrays.params, x)
 
 
 def _weights(s: StarInputs, sigma_model):

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
-    "init_params", "standardize", "colour_basis_absolute", "extinction_vector",
+    "init_params", "standardize", "colour_basis_absolute", "absolute_magnitudes", "extinction_vector",
     "predict_y", "predict_magnitudes", "regularization", "n_parameters",
 ]
 
@@ -97,11 +97,19 @@ def predict_y(params, theta_med, theta_std, theta, E):
     return colour_basis_absolute(params, x) + jnp.asarray(E)[..., None] * to_colour_basis(extinction_vector(params, x))
 
 
+def absolute_magnitudes(params, x):
+    """M(θ): absolute magnitudes at standardized features x (..., 3), shape (..., B) [mag].
+
+    A⁻¹ applied to :func:`colour_basis_absolute`: m_b = y_b + y_1.
+    """
+    am = colour_basis_absolute(params, x)
+    return am.at[..., 1:].add(am[..., :1])
+
+
 def predict_magnitudes(params, theta_med, theta_std, theta, mu, E):
     """m = M(θ) + μ + E·R(θ): apparent magnitudes, shape (..., B) [mag] (METHOD §2)."""
     x = standardize(theta, theta_med, theta_std)
-    am = colour_basis_absolute(params, x)
-    M = am.at[..., 1:].add(am[..., :1])  # A⁻¹: m_b = y_b + y_1
+    M = absolute_magnitudes(params, x)
     return M + jnp.asarray(mu)[..., None] + jnp.asarray(E)[..., None] * extinction_vector(params, x)
 
 
