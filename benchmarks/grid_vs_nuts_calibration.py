@@ -18,6 +18,7 @@ import time
 
 import numpy as np
 
+from grid_vs_nuts import agreement
 from infer_common import PARAMS, RESULTS, mock_catalog, model_path, truth, write_json
 
 QUANTILES = (2.5, 16.0, 50.0, 84.0, 97.5)
@@ -28,22 +29,9 @@ def coverage(q, t):
     return {"68": float(np.mean((t >= q[1]) & (t <= q[3]))), "95": float(np.mean((t >= q[0]) & (t <= q[4])))}
 
 
-def agreement(qa, qb, sel):
-    """Per parameter and all five at once: |Δ median| < 0.2 σ and 16–84 % widths within 15 %."""
-    out, med_all, wid_all = {"n": int(sel.sum())}, np.ones(sel.sum(), bool), np.ones(sel.sum(), bool)
-    for p in PARAMS:
-        a, b = qa[p][:, sel], qb[p][:, sel]
-        wa, wb = a[3] - a[1], b[3] - b[1]
-        dmed = np.abs(a[2] - b[2]) / (0.25 * (wa + wb))
-        wr = np.abs(wa / wb - 1)
-        med_all &= dmed < 0.2
-        wid_all &= wr < 0.15
-        out[p] = {"frac_median_within_0.2sigma": float(np.mean(dmed < 0.2)),
-                  "frac_width_within_15pct": float(np.mean(wr < 0.15))}
-    out["all_params"] = {"frac_median_within_0.2sigma": float(np.mean(med_all)),
-                         "frac_width_within_15pct": float(np.mean(wid_all)),
-                         "frac_both": float(np.mean(med_all & wid_all))}
-    return out
+def summary_of(q, sel):
+    """Quantiles q[p] (5, N) of the selected stars as the summary columns ``agreement`` reads."""
+    return {f"{p}_p{k}": q[p][i, sel] for p in PARAMS for i, k in ((1, 16), (2, 50), (3, 84))}
 
 
 def main(argv=None):
@@ -81,8 +69,8 @@ def main(argv=None):
                         "coverage": {p: coverage(qg[p][:, ok], t[ok, i]) for i, p in enumerate(PARAMS)},
                         "coverage_where_nuts_not_converged": {p: coverage(qg[p][:, ok & ~conv], t[ok & ~conv, i])
                                                               for i, p in enumerate(PARAMS)},
-                        "agreement_all": agreement(qg, qn, ok),
-                        "agreement_nuts_converged": agreement(qg, qn, ok & conv)}
+                        "agreement_all": agreement(summary_of(qg, ok), summary_of(qn, ok)),
+                        "agreement_nuts_converged": agreement(summary_of(qg, ok & conv), summary_of(qn, ok & conv))}
         print(spacing, res[spacing], flush=True)
     res["nuts"]["coverage_not_converged"] = {p: coverage(qn[p][:, ~conv], t[~conv, i]) for i, p in enumerate(PARAMS)}
     print("wrote", write_json("grid_vs_nuts_calibration.json", res))

@@ -62,6 +62,19 @@ def region_mask(theta_true, usable):
     return dens >= 1e-2, dens
 
 
+def reddening_z(model, data, E_true):
+    """z = (E − E_true)/σ_E of the reddening update with ``model``: with the released σ_E clipping, and without
+    it (floor 0.02² + (0.1 E)² off)."""
+    import jax
+    import jax.numpy as jnp
+    from photoinfer import likelihood as lik
+    from photoinfer.evaluate import update_reddening
+    E, var = update_reddening(model, data)
+    med, std = jnp.asarray(model.theta_med, jnp.float32), jnp.asarray(model.theta_std, jnp.float32)
+    E_u, var_u = jax.jit(jax.vmap(lambda s: lik.star_reddening_update(model.params, med, std, s, clip=False)))(data)
+    return (E - E_true) / np.sqrt(var), (np.asarray(E_u) - E_true) / np.sqrt(np.asarray(var_u))
+
+
 def compare(trained, truth, theta):
     """Per-component rms of ΔA·M [mag] and per-band rms of R_fit/R_true − 1 (NaN where R_true ≤ 0.1)."""
     am_t = np.asarray(trained.predict_y(theta, 0.0), float)
@@ -93,7 +106,7 @@ def scaled_errors(theta_scale: float = 1.0, parallax_scale: float = 1.0):
 def run(n=200000, seed=1, iterations=20, epochs=25, batch_size=1024, out=None, theta_error_scale=1.0,
         save_model=None, parallax_error_scale=1.0, reddening_prior_error="berkson", parallax_residual="magnitude",
         theta_denoise="none", scale_step=False, lr_decay=0.2):
-    from photoinfer.evaluate import star_data, update_reddening
+    from photoinfer.evaluate import star_data
     from photoinfer.io.models import load_model
     from photoinfer.simulate import simulate_catalog
     from photoinfer.train import TrainConfig, train
@@ -132,23 +145,10 @@ def run(n=200000, seed=1, iterations=20, epochs=25, batch_size=1024, out=None, t
     am_n, r_n, _ = compare(model, truth, nodes)
     # reddening z-scores of held-out stars with the trained model
     sub = cat.subset(held)
-    E_fit, var = update_reddening(model, star_data(sub))
-    z = (E_fit - sub.extra["true_E"]) / np.sqrt(var)
-    # the same without the released clipping of σ_E (floor 0.02² + (0.1 E)²)
-    from photoinfer import likelihood as lik
-    import jax
-    import jax.numpy as jnp
-    med, std = jnp.asarray(model.theta_med, jnp.float32), jnp.asarray(model.theta_std, jnp.float32)
-    E_u, var_u = jax.jit(jax.vmap(lambda s: lik.star_reddening_update(model.params, med, std, s, clip=False)))(
-        star_data(sub))
-    z_u = (np.asarray(E_u) - sub.extra["true_E"]) / np.sqrt(np.asarray(var_u))
+    data = star_data(sub)
+    z, z_u = reddening_z(model, data, sub.extra["true_E"])
     # reference: the truth model's own z-scores on the same stars (what the σ_E clipping allows at best)
-    E_tr, var_tr = update_reddening(truth, star_data(sub))
-    z_truth = (E_tr - sub.extra["true_E"]) / np.sqrt(var_tr)
-    med0, std0 = jnp.asarray(truth.theta_med, jnp.float32), jnp.asarray(truth.theta_std, jnp.float32)
-    E_tu, var_tu = jax.jit(jax.vmap(lambda s: lik.star_reddening_update(truth.params, med0, std0, s, clip=False)))(
-        star_data(sub))
-    z_truth_u = (np.asarray(E_tu) - sub.extra["true_E"]) / np.sqrt(np.asarray(var_tu))
+    z_truth, z_truth_u = reddening_z(truth, data, sub.extra["true_E"])
     # the training's own last reddening update (its y₁ treatment), held-out stars
     z_t = (hist.E[held] - cat.extra["true_E"][held]) / hist.sigma_E[held]
     z_t = z_t[np.isfinite(z_t)]
