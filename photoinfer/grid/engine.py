@@ -143,25 +143,25 @@ def make_theta_grid(model, spacing="coarse", min_density: float | None = None, s
     if isinstance(stellar_prior, str) and stellar_prior == "model":
         from ..priors import SmoothStellarPrior
         stellar_prior = SmoothStellarPrior.from_model(model)
-    chunks = lambda fn: np.concatenate([np.asarray(fn(lattice[i:i + batch]))  # noqa: E731
-                                        for i in range(0, len(lattice), batch)])
-    dens = chunks(v.min_density)
+    def chunks(fn, pts=lattice):
+        """fn over ``pts`` in batches of ``batch`` points (bounds memory)."""
+        return np.concatenate([np.asarray(fn(pts[i:i + batch])) for i in range(0, len(pts), batch)])
+
     if stellar_prior is None:
-        keep = dens >= (1e-2 if min_density is None else min_density)
+        keep = chunks(v.min_density) >= (1e-2 if min_density is None else min_density)
     else:
         keep = (chunks(stellar_prior.log_wall) >= -wall if hasattr(stellar_prior, "log_wall")
                 else chunks(stellar_prior.in_valid_region))
         if min_density is not None:
-            keep &= dens >= min_density
+            keep &= chunks(v.min_density) >= min_density
     if not keep.any():
         raise ValueError(f"no grid point in the region (min_density={min_density}, wall={wall})")
     theta = lattice[keep]
-    M = np.concatenate([np.asarray(model.predict_magnitudes(theta[i:i + batch])) for i in range(0, len(theta), batch)])
-    R = np.concatenate([np.asarray(model.extinction(theta[i:i + batch])) for i in range(0, len(theta), batch)])
+    dens, M, R = (chunks(fn, theta) for fn in (v.min_density, model.predict_magnitudes, model.extinction))
     lnp = (np.zeros(len(theta), np.float32) if stellar_prior is None
            else np.asarray(stellar_prior(theta), np.float32))
     return ThetaGrid(theta=theta, M=M.astype(np.float32), R=R.astype(np.float32), ln_prior=lnp, spacing=step,
-                     feh_axis=np.unique(theta[:, 2]), density=dens[keep].astype(np.float32),
+                     feh_axis=np.unique(theta[:, 2]), density=dens.astype(np.float32),
                      bands=tuple(model.bands.names),
                      network={"params": model.params, "theta_med": np.asarray(model.theta_med, np.float32),
                               "theta_std": np.asarray(model.theta_std, np.float32)},
