@@ -66,3 +66,30 @@ def write_json(name: str, obj: dict) -> Path:
     path = RESULTS / name
     path.write_text(json.dumps(obj, indent=2, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
     return path
+
+
+def parallax_z_scores(mu_draws: np.ndarray, parallax: np.ndarray, parallax_err: np.ndarray, seed: int = 0) -> dict:
+    """z-scores of measured parallaxes against posteriors fit without them, two ways.
+
+    ``gaussian``: (ϖ̂ − E[ϖ]) / sqrt(σ_ϖ² + Var[ϖ]) — assumes a Gaussian posterior parallax; one
+    dwarf/giant star with a bimodal posterior dominates its std.
+    ``pit``: Φ⁻¹(P(ϖ_rep < ϖ̂)), ϖ_rep = ϖ(μ draw) + N(0, σ_ϖ) (the posterior predictive's probability
+    integral transform): exactly N(0, 1) for calibrated posteriors whatever their shape.
+
+    mu_draws : (D, N) posterior draws of μ; parallax, parallax_err : (N,) [mas].
+    Returns {name: {n, median, std, scatter_16_84, frac_abs_gt_3}} over the stars with finite values.
+    """
+    from scipy.stats import norm
+    plx = 10.0 ** (2.0 - np.asarray(mu_draws, np.float64) / 5.0)
+    rep = plx + np.random.default_rng(seed).normal(size=plx.shape) * parallax_err
+    D = plx.shape[0]
+    z = {"gaussian": (parallax - plx.mean(0)) / np.sqrt(parallax_err ** 2 + plx.var(0)),
+         "pit": norm.ppf(np.clip(np.mean(rep < parallax, axis=0), 0.5 / D, 1 - 0.5 / D))}
+    ok = np.isfinite(parallax) & np.all(np.isfinite(plx), axis=0)
+    out = {}
+    for name, v in z.items():
+        v = v[ok]
+        q16, q50, q84 = np.percentile(v, [16, 50, 84])
+        out[name] = {"n": int(ok.sum()), "median": float(q50), "std": float(np.std(v)),
+                     "scatter_16_84": float((q84 - q16) / 2), "frac_abs_gt_3": float(np.mean(np.abs(v) > 3))}
+    return out

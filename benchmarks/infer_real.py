@@ -4,7 +4,8 @@ usage: python benchmarks/infer_real.py [--n 1000] [--seed 3]
 Writes benchmarks/results/infer_real.json: median and scatter (half the 16–84 % range, and the std)
 of (posterior median − spectroscopic value) for Teff, logg, [M/H], for dwarfs (spectroscopic logg > 3.5)
 and giants; and, with the parallax hidden too, the z-scores of the measured parallax against the
-posterior parallax (ϖ̂ − E[ϖ]) / sqrt(σ_ϖ² + Var[ϖ]).
+posterior parallax: (ϖ̂ − E[ϖ]) / sqrt(σ_ϖ² + Var[ϖ]) and the posterior-predictive PIT z-score
+(infer_common.parallax_z_scores).
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import time
 
 import numpy as np
 
-from infer_common import SAMPLE_8K, model_path, write_json
+from infer_common import SAMPLE_8K, model_path, parallax_z_scores, write_json
 
 
 def residual_stats(res, cat):
@@ -41,7 +42,6 @@ def main():
     kw = dict(num_warmup=args.num_warmup, num_samples=args.num_samples, target_accept=args.target_accept)
     from photoinfer.catalog import Flag
     from photoinfer.infer.fit import fit_catalog
-    from photoinfer.infer.model import parallax_of_mu
     from photoinfer.infer.prior import build_prior
     from photoinfer.io.catalogs import read_catalog
     from photoinfer.io.models import load_model
@@ -63,15 +63,9 @@ def main():
     write_json("infer_real.json", out)
     t = time.perf_counter()
     res2 = fit_catalog(model, cat, prior=prior, seed=args.seed, use_position=False, use_parallax=False, **kw)
-    plx_post = parallax_of_mu(np.asarray(res2.samples["mu"], np.float64)).reshape(-1, len(cat))
-    has = np.isfinite(cat.parallax) & np.isfinite(res2.summary["mu_p50"])
-    z = (cat.parallax - plx_post.mean(0)) / np.sqrt(cat.parallax_err ** 2 + plx_post.var(0))
-    z = z[has]
+    z = parallax_z_scores(np.asarray(res2.samples["mu"]).reshape(-1, len(cat)), cat.parallax, cat.parallax_err)
     out["without_parallax"] = {"seconds": round(time.perf_counter() - t, 1), "residuals": residual_stats(res2, cat),
-                               "parallax_z": {"n": int(has.sum()), "median": float(np.median(z)),
-                                              "std": float(np.std(z)),
-                                              "scatter_16_84": float(np.diff(np.percentile(z, [16, 84]))[0] / 2),
-                                              "frac_abs_gt_3": float(np.mean(np.abs(z) > 3))},
+                               "parallax_z": z["gaussian"], "parallax_z_pit": z["pit"],
                                "frac_not_converged": float(np.mean((res2.summary["flags"] & int(Flag.NOT_CONVERGED)) > 0)),
                                "frac_multimodal": float(np.mean((res2.summary["flags"] & int(Flag.MULTIMODAL)) > 0))}
     print(out["without_parallax"])

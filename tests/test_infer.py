@@ -112,6 +112,33 @@ def test_padding_does_not_change_real_stars(released_model, prior, small_fit):
         assert abs(np.median(a) - np.median(b)) < 4 * np.sqrt(2) * mcse, p
 
 
+def test_refinement_round(released_model, prior, small_fit):
+    """Tiny chains (4 × 30 draws) cannot reach ESS 200: both fit stars get the refinement round, and
+    its chains start at pooled first-round draws with the pooled covariance as metric."""
+    from photoinfer.infer.fit import refinement_init
+    from photoinfer.infer.model import model_arrays, unconstrain
+    cat, res = small_fit
+    assert res.attrs["refined_stars"] == 2
+    assert np.isfinite(res.samples["teff"][..., :2]).all() and res.samples["teff"].shape == (4, S, 3)
+    rng = np.random.default_rng(seed())
+    C, N = 3, 4
+    draws = {"teff": rng.normal(5000, 100, (C, S, N)), "logg": rng.normal(4, 0.1, (C, S, N)),
+             "feh": rng.normal(0, 0.1, (C, S, N)), "mu": rng.normal(10, 0.2, (C, S, N)),
+             "E": rng.uniform(0.1, 0.5, (C, S, N))}
+    arrays = model_arrays(released_model)
+    rows = np.array([1, 3])
+    z0, inv_mass = refinement_init(draws, rows, arrays, prior, seed=1)
+    assert z0.shape == (N, C, 5) and inv_mass.shape == (N, C, 5, 5)
+    z = np.asarray(unconstrain(*[jnp.asarray(draws[p], jnp.float32) for p in ("teff", "logg", "feh", "mu", "E")],
+                               arrays, prior), np.float64)                      # (C, S, N, 5)
+    for r in rows:
+        pooled = z[:, :, r].reshape(-1, 5)
+        for c in range(C):      # every start is one of the star's own pooled draws
+            assert np.min(np.abs(pooled - z0[r, c]).max(axis=1)) < 1e-4
+        np.testing.assert_allclose(inv_mass[r, 0], np.cov(pooled.T) + 1e-4 * np.eye(5), rtol=1e-3, atol=1e-6)
+    np.testing.assert_array_equal(inv_mass[0, 0], np.eye(5))
+
+
 def test_summary_one_row_per_star(small_fit):
     from photoinfer.catalog import Flag
     from photoinfer.fitresult import SUMMARY_COLUMNS

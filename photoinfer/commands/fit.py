@@ -61,6 +61,9 @@ def add_arguments(p) -> None:
     p.add_argument("--num-warmup", type=int, default=300, metavar="N", help="warm-up steps per chain (default 300)")
     p.add_argument("--num-samples", type=int, default=250, metavar="N", help="draws kept per chain (default 250)")
     p.add_argument("--num-chains", type=int, default=4, metavar="N", help="chains per star (default 4)")
+    p.add_argument("--no-refine", action="store_true",
+                   help="NUTS: no second round for stars that miss r-hat <= 1.01 or ESS >= 200 (by default they are "
+                        "sampled again with twice the warm-up, twice the steps thinned by 2, target acceptance 0.95)")
     p.add_argument("--prior", choices=("bayestar", "brutus"), default="bayestar",
                    help="Galactic prior parameter set (default bayestar)")
     p.add_argument("--dust", choices=("flat", "gaussian"), default="flat",
@@ -117,7 +120,8 @@ def run(args) -> int:
                                   batch_size=args.batch_size or 25, use_parallax=not args.no_parallax,
                                   use_position=not args.no_position, dust=args.dust, E_max=args.e_max,
                                   callback=progress, grid=args.grid, min_grid_ess=args.min_grid_ess,
-                                  exact=args.exact, images=bins, grid_settings=grid_settings(args))
+                                  exact=args.exact, images=bins, grid_settings=grid_settings(args),
+                                  refine=not args.no_refine)
     bar.n = bar.total  # the grid reports no intermediate progress: show it complete
     bar.close()
     write_summary(res.summary, out / "summary.parquet")

@@ -77,7 +77,8 @@ def fit_function(args) -> tuple:
                 "use_parallax": not args.no_parallax, "use_position": not args.no_position}
     if args.method != "grid":
         settings |= {"num_warmup": args.num_warmup, "num_samples": args.num_samples, "num_chains": args.num_chains,
-                     "batch_size": min(args.batch_size or DEFAULT_BATCH["nuts"], DEFAULT_BATCH["nuts"])}
+                     "batch_size": min(args.batch_size or DEFAULT_BATCH["nuts"], DEFAULT_BATCH["nuts"]),
+                     "refine": not args.no_refine}
     if args.method != "nuts":
         settings |= {"grid": args.grid, "grid_settings": grid_settings_dict(args)}
     if args.method == "grid+nuts":

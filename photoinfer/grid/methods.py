@@ -117,7 +117,7 @@ def fit_with_method(model, catalog, method: str = "nuts", *, prior: str = "bayes
                     E_max: float | None = None, use_parallax: bool = True, use_position: bool = True, seed: int = 0,
                     grid: str = "coarse", grid_settings=None, min_grid_ess: float = 200.0, exact: bool = False,
                     images=None, num_warmup: int = 300, num_samples: int = 250, num_chains: int = 4,
-                    batch_size: int = 25, callback=None):
+                    batch_size: int = 25, callback=None, refine: bool = True):
     """Fit every star of ``catalog`` with ``method`` (see the module docstring).
 
     Parameters
@@ -134,7 +134,8 @@ def fit_with_method(model, catalog, method: str = "nuts", *, prior: str = "bayes
         grid+nuts: NUTS for every star (seeded by the grid).
     images : ImageGrid, optional
         Also return the grid's per-star (μ, E) images (methods grid and grid+nuts).
-    num_warmup, num_samples, num_chains, batch_size : NUTS settings
+    num_warmup, num_samples, num_chains, batch_size, refine : NUTS settings (see
+        :func:`~photoinfer.infer.fit.fit_catalog`)
 
     Returns
     -------
@@ -155,7 +156,7 @@ def fit_with_method(model, catalog, method: str = "nuts", *, prior: str = "bayes
     ip = prior if isinstance(prior, InferencePrior) else _prior(model, prior, dust, E_max)
     nuts_kw = dict(prior=ip, dust=dust, E_max=E_max, use_parallax=use_parallax, use_position=use_position,
                    seed=seed, num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
-                   batch_size=batch_size, callback=callback)
+                   batch_size=batch_size, callback=callback, refine=refine)
     if method == "nuts":
         res = fit_catalog(model, catalog, **nuts_kw)
         res.attrs["nuts_stars"] = int(np.sum(np.isfinite(res.summary["teff_p50"])))

@@ -13,11 +13,11 @@ from ..catalog import INFERENCE_UNUSABLE, Flag
 from ..fitresult import PARAMETERS, FitResult
 from .init import candidate_grid, candidate_neighbours, initial_points
 from .modes import combine_modes
-from .model import SIGMA_MODEL, model_arrays, star_inputs
+from .model import SIGMA_MODEL, model_arrays, star_inputs, unconstrain
 from .prior import InferencePrior, build_prior
 from .sampler import SamplerSettings, run_lanes
 
-__all__ = ["fit_catalog", "METHODS"]
+__all__ = ["fit_catalog", "refinement_init", "METHODS"]
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def fit_catalog(model, catalog, *, prior: str | InferencePrior = "bayestar", met
                 E_max: float | None = None, sigma_model: float = SIGMA_MODEL, max_num_doublings: int = 8,
                 ess_threshold: float = 200.0, rhat_threshold: float = 1.01, adaptation: str = "short",
                 target_accept: float = 0.85, dominant_mass: float = 0.99, reparam: str = "mu_E", callback=None,
-                init=None) -> FitResult:
+                init=None, refine: bool = True, refine_adaptation: str = "window") -> FitResult:
     """Sample the posterior p(θ, μ, E | m̂, ϖ̂, l, b) (METHOD §8) of every star of ``catalog``.
 
     Parameters
@@ -81,6 +81,12 @@ def fit_catalog(model, catalog, *, prior: str | InferencePrior = "bayestar", met
         δ = (μ − μ_WLS(θ, E))/σ_μ,phot instead of μ, "mu_E" also ε = logit(E/E_max) − ζ₀(θ).
     callback : callable(n_done, n_total), optional
         Called after each batch (progress bars).
+    refine : bool
+        Stars that miss ``rhat_threshold`` or ``ess_threshold`` after the first round are sampled
+        again: twice the warm-up, twice the transitions thinned by 2 (same number of draws), target
+        acceptance at least 0.95, warm-up ``refine_adaptation`` (blackjax's Stan-style windows by
+        default), chains started from the first round's pooled draws with their pooled covariance
+        as metric (:func:`refinement_init`); their first-round draws are replaced.  ``attrs["refined_stars"]`` counts them.
     init : (z0 (N, num_chains, 5), inv_mass (N, num_chains, 5, 5)), optional
         Given starting points (unconstrained, :func:`~photoinfer.infer.model.unconstrain`) and initial
         inverse mass matrices per star and chain (e.g. from the grid's modes,
@@ -123,29 +129,50 @@ def fit_catalog(model, catalog, *, prior: str | InferencePrior = "bayestar", met
     # lanes per call: batch_size, or n rounded up to a power of two (not len(run): the flags or a
     # caller's subsets, e.g. grid+nuts refits, give at most log2(batch_size) + 2 compilations)
     size = max(1, min(int(batch_size), 1 << max(n - 1, 0).bit_length()))
+
+    def run_batches(rows, st, init, key_salt, n_done=0, n_total=None):
+        """NUTS for the stars ``rows`` with settings ``st``; fills draws/stats in place."""
+        for start in range(0, len(rows), size):
+            idx = rows[start:start + size]
+            k = len(idx)
+            star = jax.tree_util.tree_map(lambda a: pad_to(np.asarray(a)[idx], size), inputs)
+            skeys = jnp.asarray(pad_to(keys[idx], size))
+            if key_salt:
+                skeys = jax.vmap(lambda kk: jax.random.fold_in(kk, key_salt))(skeys)
+            init_keys = jax.vmap(lambda kk: jax.random.fold_in(kk, 1_000_003))(skeys)
+            if init is None:
+                z0, inv_mass, _, _ = initial_points(init_keys, star, x_cand, nbr, cell, arrays, prior, n_chains=C,
+                                                    sigma_model=sigma_model, dominant_mass=dominant_mass)
+            else:  # given starting points (e.g. every grid mode, or the refinement's pooled draws)
+                z0, inv_mass = (jnp.asarray(pad_to(np.asarray(a)[idx], size)) for a in init)
+            lane_keys = jax.vmap(lambda kk: jax.vmap(lambda c: jax.random.fold_in(kk, c))(jnp.arange(C)))(skeys)
+            lanes = jax.tree_util.tree_map(lambda a: jnp.repeat(jnp.asarray(a), C, axis=0), star)
+            d, out = run_lanes(lane_keys.reshape(size * C, -1), z0.reshape(size * C, -1),
+                               inv_mass.reshape(size * C, 5, 5), lanes, arrays, prior, st)
+            draws[idx] = np.asarray(d).reshape(size, C, S, -1)[:k]
+            for name in _STATS:
+                stats[name][idx] = np.asarray(out[name], np.float32).reshape(size, C, S)[:k]
+            if callback is not None:
+                callback(n_done + min(start + size, len(rows)), n_total or len(rows))
+
+    def combine():
+        samples = {p: np.moveaxis(draws[..., i], 0, -1) for i, p in enumerate(PARAMETERS)}   # (chain, draw, N)
+        return samples, combine_modes(samples, inputs, arrays, prior, sigma_model=sigma_model, seed=seed)
+
     t0 = time.perf_counter()
-    for start in range(0, len(run), size):
-        idx = run[start:start + size]
-        k = len(idx)
-        star = jax.tree_util.tree_map(lambda a: pad_to(np.asarray(a)[idx], size), inputs)
-        skeys = pad_to(keys[idx], size)
-        init_keys = jax.vmap(lambda kk: jax.random.fold_in(kk, 1_000_003))(jnp.asarray(skeys))
-        if init is None:
-            z0, inv_mass, _, _ = initial_points(init_keys, star, x_cand, nbr, cell, arrays, prior, n_chains=C,
-                                                sigma_model=sigma_model, dominant_mass=dominant_mass)
-        else:  # given starting points (e.g. every grid mode): the caller knows the modes
-            z0, inv_mass = (jnp.asarray(pad_to(np.asarray(a)[idx], size)) for a in init)
-        lane_keys = jax.vmap(lambda kk: jax.vmap(lambda c: jax.random.fold_in(kk, c))(jnp.arange(C)))(jnp.asarray(skeys))
-        lanes = jax.tree_util.tree_map(lambda a: jnp.repeat(jnp.asarray(a), C, axis=0), star)
-        d, st = run_lanes(lane_keys.reshape(size * C, -1), z0.reshape(size * C, -1),
-                          inv_mass.reshape(size * C, 5, 5), lanes, arrays, prior, settings)
-        draws[idx] = np.asarray(d).reshape(size, C, S, -1)[:k]
-        for name in _STATS:
-            stats[name][idx] = np.asarray(st[name], np.float32).reshape(size, C, S)[:k]
-        if callback is not None:
-            callback(min(start + size, len(run)), len(run))
+    run_batches(run, settings, init, 0)
+    samples, (combined, diag, n_modes, _) = combine()
+    finite = np.isfinite(draws[run]).all(axis=(1, 2, 3))
+    redo = run[finite & ~((diag["rhat_max"][run] <= rhat_threshold) & (diag["ess_bulk_min"][run] >= ess_threshold))]
+    if refine and len(redo):
+        log.info("refinement: %d of %d stars below r̂ <= %g / ESS >= %g: %d + %d × %d transitions at target "
+                 "acceptance %.2f", len(redo), len(run), rhat_threshold, ess_threshold, 2 * settings.num_warmup,
+                 S, 2, max(settings.target_accept, 0.95))
+        st2 = settings._replace(num_warmup=2 * settings.num_warmup, thin=2, adaptation=refine_adaptation,
+                                target_accept=max(settings.target_accept, 0.95))
+        run_batches(redo, st2, refinement_init(samples, redo, arrays, prior, seed), 1, len(run), len(run) + len(redo))
+        samples, (combined, diag, n_modes, _) = combine()
     elapsed = time.perf_counter() - t0
-    samples = {p: np.moveaxis(draws[..., i], 0, -1) for i, p in enumerate(PARAMETERS)}   # (chain, draw, N)
     sample_stats = {name: np.moveaxis(v, 0, -1) for name, v in stats.items()}
     sample_stats["diverging"] = sample_stats["diverging"].astype(bool)
     result = FitResult(source_id=np.asarray(catalog.source_id, np.int64), samples=samples, sample_stats=sample_stats,
@@ -156,10 +183,44 @@ def fit_catalog(model, catalog, *, prior: str | InferencePrior = "bayestar", met
                               "use_parallax": bool(use_parallax), "use_position": bool(use_position),
                               "model": str(model.provenance.get("source", model.provenance.get("name", ""))),
                               "sampling_time_s": float(elapsed), "dominant_mass": float(dominant_mass),
-                              "reparam": str(reparam)})
-    result.samples, diag, n_modes, _ = combine_modes(samples, inputs, arrays, prior, sigma_model=sigma_model, seed=seed)
+                              "reparam": str(reparam), "refined_stars": int(len(redo)) if refine else 0})
+    result.samples = combined
     result.flags = np.where(n_modes > 1, result.flags | int(Flag.MULTIMODAL), result.flags)
     result.summary = summarize(result, model=model, ess_threshold=ess_threshold, rhat_threshold=rhat_threshold,
                                diag=diag)
     result.flags = np.asarray(result.summary["flags"], np.int64)
     return result
+
+
+def refinement_init(samples: dict, rows, arrays, prior, seed: int = 0, jitter: float = 1e-4):
+    """Starting points and inverse mass matrices of the refinement round from the first round's draws.
+
+    Each chain of star i starts at a draw picked at random from the pooled draws of all its chains
+    (so the chains start spread over whatever the first round found, every mode included), with
+    the pooled covariance of those draws (unconstrained coordinates) as its initial inverse mass
+    matrix.
+
+    Parameters
+    ----------
+    samples : dict name -> (chain, draw, N) constrained draws (before any mode weighting)
+    rows : (K,) int, the stars to refine
+    arrays : ModelArrays; prior : InferencePrior
+    seed : int
+
+    Returns
+    -------
+    z0 (N, chain, 5), inv_mass (N, chain, 5, 5) float32, filled at ``rows`` (identity elsewhere)
+    """
+    C, S, N = samples["teff"].shape
+    phys = [jnp.asarray(samples[p][:, :, rows], jnp.float32) for p in PARAMETERS]
+    z = np.asarray(unconstrain(*phys, arrays, prior), np.float64)               # (C, S, K, 5)
+    z = np.moveaxis(z, 2, 0).reshape(len(rows), C * S, 5)
+    rng = np.random.default_rng(seed)
+    pick = rng.integers(0, C * S, size=(len(rows), C))
+    z0 = np.zeros((N, C, 5), np.float32)
+    inv_mass = np.broadcast_to(np.eye(5, dtype=np.float32), (N, C, 5, 5)).copy()
+    z0[rows] = np.take_along_axis(z, pick[..., None], axis=1)
+    zc = z - z.mean(axis=1, keepdims=True)
+    cov = np.einsum("kti,ktj->kij", zc, zc) / (C * S - 1) + jitter * np.eye(5)
+    inv_mass[rows] = cov[:, None]
+    return z0, inv_mass

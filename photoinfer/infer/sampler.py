@@ -10,6 +10,9 @@ approximation at its mode), so warm-up only refines them:
    dual averaging restarts from the current step size;
 3. final fast window: step size only; the sampling phase uses its dual-averaged step size.
 
+``thin`` > 1 keeps every thin-th draw of num_samples × thin transitions (the refinement round of
+:func:`photoinfer.infer.fit.fit_catalog`: longer chains in the same draw array).
+
 The log density is numpyro's potential of :func:`photoinfer.infer.model.star_model`, negated.
 With ``reparam`` (default) a lane samples u = (x, δ, logit E/E_max) instead of z = (x, μ, logit E/E_max),
 μ = μ_WLS(θ, E) + σ_μ,phot δ (:func:`photoinfer.infer.model.photometric_mu`): the magnitudes fix μ
@@ -49,6 +52,7 @@ class SamplerSettings(NamedTuple):
     sigma_model: float = SIGMA_MODEL
     adaptation: str = "window"
     reparam: str = "mu_E"
+    thin: int = 1
 
 
 def _windows(st: SamplerSettings):
@@ -82,10 +86,18 @@ def _lane(key, z0, inv_mass0, s, arrays, prior, st: SamplerSettings):
         state, step_size, inv_mass = _short_warmup(k1, z0, inv_mass0, logdensity, st)
     kernel = bj_nuts.build_kernel()
 
-    def sample(state, key):
+    def transition(state, key):
         state, info = kernel(key, state, logdensity, step_size, inv_mass, max_num_doublings=st.max_num_doublings)
-        stats = {"diverging": info.is_divergent, "n_steps": info.num_integration_steps,
-                 "accept_prob": info.acceptance_rate, "energy": info.energy, "lp": state.logdensity}
+        return state, (info.is_divergent, info.num_integration_steps, info.acceptance_rate, info.energy)
+
+    def sample(state, key):   # ``thin`` transitions per kept draw
+        if st.thin == 1:
+            state, out = transition(state, key)
+            div, n, acc, energy = (a[None] for a in out)
+        else:
+            state, (div, n, acc, energy) = jax.lax.scan(transition, state, jax.random.split(key, st.thin))
+        stats = {"diverging": div.any(), "n_steps": n.sum(), "accept_prob": acc.mean(), "energy": energy[-1],
+                 "lp": state.logdensity}
         return state, (state.position, stats)
 
     _, (zs, stats) = jax.lax.scan(sample, state, jax.random.split(k2, st.num_samples))
@@ -137,6 +149,7 @@ def run_lanes(keys, z0, inv_mass0, stars, arrays, prior, settings: SamplerSettin
     -------
     draws : (L, num_samples, 5) (teff, logg, feh, mu, E)
     stats : dict of (L, num_samples) arrays: diverging, n_steps, accept_prob, energy, lp, step_size
+        (with ``thin`` > 1: diverging any, n_steps summed, accept_prob averaged over the thin transitions)
     """
     return jax.vmap(_lane, in_axes=(0, 0, 0, 0, None, None, None))(keys, z0, inv_mass0, stars, arrays, prior,
                                                                      settings)
