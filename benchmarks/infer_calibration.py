@@ -29,7 +29,7 @@ def main():
     ap.add_argument("--e-max", type=float, default=2.0)
     ap.add_argument("--batch-size", type=int, default=25)
     ap.add_argument("--reparam", default="mu_E", choices=("mu_E", "mu", "none"))
-    ap.add_argument("--no-refine", action="store_true", help="no refinement round for unconverged stars")
+    ap.add_argument("--refine", type=int, default=1, help="refinement rounds for unconverged stars (0: none)")
     ap.add_argument("--out", default="infer_calibration.json")
     args = ap.parse_args()
     from photoinfer.infer.fit import fit_catalog
@@ -43,7 +43,7 @@ def main():
     t = time.perf_counter()
     res = fit_catalog(model, cat, prior=prior, num_warmup=args.num_warmup, num_samples=args.num_samples,
                       seed=args.seed, target_accept=args.target_accept, batch_size=args.batch_size,
-                      adaptation=args.adaptation, reparam=args.reparam, refine=not args.no_refine)
+                      adaptation=args.adaptation, reparam=args.reparam, refine=args.refine)
     seconds = time.perf_counter() - t
     s = res.summary
     ok = np.isfinite(s["ess_bulk_min"])
@@ -54,7 +54,7 @@ def main():
     out = {"model": model_path().name, "n": args.n, "n_fit": n_ok, "seconds": round(seconds, 1),
            "prior": f"bayestar along {len(SIGHTLINES)} sightlines {SIGHTLINES}, E flat on [0, {args.e_max}]",
            "target_accept": args.target_accept, "batch_size": args.batch_size, "adaptation": args.adaptation,
-           "reparam": args.reparam, "refine": not args.no_refine, "refined_stars": res.attrs["refined_stars"],
+           "reparam": args.reparam, "refine": args.refine, "refined_stars": res.attrs["refined_stars"],
            "frac_multimodal": float(np.mean(multi[ok])),
            "frac_both_unimodal": float(np.mean((s["rhat_max"][uni] <= 1.01) & (s["ess_bulk_min"][uni] >= 200))),
            "frac_in_validity_truth": float(np.mean(np.asarray(prior.prior.stellar.in_valid_region(

@@ -38,7 +38,7 @@ def fit_catalog(model, catalog, *, prior: str | InferencePrior = "bayestar", met
                 E_max: float | None = None, sigma_model: float = SIGMA_MODEL, max_num_doublings: int = 8,
                 ess_threshold: float = 200.0, rhat_threshold: float = 1.01, adaptation: str = "short",
                 target_accept: float = 0.85, dominant_mass: float = 0.99, reparam: str = "mu_E", callback=None,
-                init=None, refine: bool = True, refine_adaptation: str = "window") -> FitResult:
+                init=None, refine: int = 1, refine_adaptation: str = "window") -> FitResult:
     """Sample the posterior p(θ, μ, E | m̂, ϖ̂, l, b) (METHOD §8) of every star of ``catalog``.
 
     Parameters
@@ -81,12 +81,14 @@ def fit_catalog(model, catalog, *, prior: str | InferencePrior = "bayestar", met
         δ = (μ − μ_WLS(θ, E))/σ_μ,phot instead of μ, "mu_E" also ε = logit(E/E_max) − ζ₀(θ).
     callback : callable(n_done, n_total), optional
         Called after each batch (progress bars).
-    refine : bool
-        Stars that miss ``rhat_threshold`` or ``ess_threshold`` after the first round are sampled
-        again: twice the warm-up, twice the transitions thinned by 2 (same number of draws), target
-        acceptance at least 0.95, warm-up ``refine_adaptation`` (blackjax's Stan-style windows by
-        default), chains started from the first round's pooled draws with their pooled covariance
-        as metric (:func:`refinement_init`); their first-round draws are replaced.  ``attrs["refined_stars"]`` counts them.
+    refine : int (or bool)
+        Refinement rounds (0/False: none).  Stars that miss ``rhat_threshold`` or ``ess_threshold``
+        after a round are sampled again: twice the previous round's warm-up, twice its transitions per
+        kept draw (thinned: the same number of draws), target acceptance at least 0.95, warm-up
+        ``refine_adaptation`` (blackjax's Stan-style windows by default), chains started from the
+        previous round's pooled draws with their pooled covariance as metric
+        (:func:`refinement_init`); their previous draws are replaced.  ``attrs["refined_stars"]``
+        counts the refits (a star refined twice counts twice).
     init : (z0 (N, num_chains, 5), inv_mass (N, num_chains, 5, 5)), optional
         Given starting points (unconstrained, :func:`~photoinfer.infer.model.unconstrain`) and initial
         inverse mass matrices per star and chain (e.g. from the grid's modes,
@@ -162,16 +164,20 @@ def fit_catalog(model, catalog, *, prior: str | InferencePrior = "bayestar", met
     t0 = time.perf_counter()
     run_batches(run, settings, init, 0)
     samples, (combined, diag, n_modes, _) = combine()
-    finite = np.isfinite(draws[run]).all(axis=(1, 2, 3))
-    redo = run[finite & ~((diag["rhat_max"][run] <= rhat_threshold) & (diag["ess_bulk_min"][run] >= ess_threshold))]
-    if refine and len(redo):
-        log.info("refinement: %d of %d stars below r̂ <= %g / ESS >= %g: %d + %d × %d transitions at target "
-                 "acceptance %.2f", len(redo), len(run), rhat_threshold, ess_threshold, 2 * settings.num_warmup,
-                 S, 2, max(settings.target_accept, 0.95))
-        st2 = settings._replace(num_warmup=2 * settings.num_warmup, thin=2, adaptation=refine_adaptation,
-                                target_accept=max(settings.target_accept, 0.95))
-        run_batches(redo, st2, refinement_init(samples, redo, arrays, prior, seed), 1, len(run), len(run) + len(redo))
+    refined, st = 0, settings
+    for r in range(1, int(refine) + 1):
+        finite = np.isfinite(draws[run]).all(axis=(1, 2, 3))
+        redo = run[finite & ~((diag["rhat_max"][run] <= rhat_threshold) & (diag["ess_bulk_min"][run] >= ess_threshold))]
+        if not len(redo):
+            break
+        st = st._replace(num_warmup=2 * st.num_warmup, thin=2 * st.thin, adaptation=refine_adaptation,
+                         target_accept=max(st.target_accept, 0.95))
+        log.info("refinement %d: %d of %d stars miss r̂ <= %g / ESS >= %g: %d warm-up steps, %d × %d transitions, "
+                 "target acceptance %.2f", r, len(redo), len(run), rhat_threshold, ess_threshold, st.num_warmup, S,
+                 st.thin, st.target_accept)
+        run_batches(redo, st, refinement_init(samples, redo, arrays, prior, seed + r - 1), r, len(run), len(run) + len(redo))
         samples, (combined, diag, n_modes, _) = combine()
+        refined += len(redo)
     elapsed = time.perf_counter() - t0
     sample_stats = {name: np.moveaxis(v, 0, -1) for name, v in stats.items()}
     sample_stats["diverging"] = sample_stats["diverging"].astype(bool)
@@ -183,7 +189,8 @@ def fit_catalog(model, catalog, *, prior: str | InferencePrior = "bayestar", met
                               "use_parallax": bool(use_parallax), "use_position": bool(use_position),
                               "model": str(model.provenance.get("source", model.provenance.get("name", ""))),
                               "sampling_time_s": float(elapsed), "dominant_mass": float(dominant_mass),
-                              "reparam": str(reparam), "refined_stars": int(len(redo)) if refine else 0})
+                              "reparam": str(reparam), "refine_rounds": int(refine),
+                              "refined_stars": refined})
     result.samples = combined
     result.flags = np.where(n_modes > 1, result.flags | int(Flag.MULTIMODAL), result.flags)
     result.summary = summarize(result, model=model, ess_threshold=ess_threshold, rhat_threshold=rhat_threshold,
