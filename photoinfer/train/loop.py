@@ -75,6 +75,16 @@ class TrainConfig:
         the photometry cannot see it) to its maximum-likelihood value under the reddening priors
         (:mod:`photoinfer.train.scale`); the iteration record gives the factor (``R_scale``).
         Off: the paper's alternation alone, along which the scale drifts.
+    latent_theta : bool
+        Fit every star's θ and E with the network (:mod:`photoinfer.train.latent`): the network
+        is fed the fitted θ_i, C_y is photometric only, and after every iteration's epochs each
+        (θ_i, E_i) moves to the minimum of its term of the joint objective (``latent_steps``
+        Levenberg–Marquardt steps).  Off: the paper (the network is fed θ̂; θ errors only weight).
+    latent_steps : int
+        Levenberg–Marquardt steps per star and iteration (5).
+    polish_steps, polish_iterations : int
+        After the epochs of each of the last ``polish_iterations`` iterations, ``polish_steps``
+        full-batch L-BFGS steps on the training loss (:mod:`photoinfer.train.polish`); 0: none.
     """
 
     iterations: int = 20
@@ -98,6 +108,10 @@ class TrainConfig:
     parallax_residual: str = "magnitude"
     theta_denoise: str = "none"
     scale_step: bool = False
+    latent_theta: bool = False
+    latent_steps: int = 5
+    polish_steps: int = 0
+    polish_iterations: int = 1
 
     def __post_init__(self):
         from .denoise import DENOISE
@@ -106,7 +120,12 @@ class TrainConfig:
         from .parallax import RESIDUALS
         if self.parallax_residual not in RESIDUALS:
             raise ValueError(f"TrainConfig.parallax_residual must be one of {RESIDUALS}, not {self.parallax_residual!r}")
-        for name in ("iterations", "epochs", "batch_size", "n_hidden", "rebuild_batch_size"):
+        if self.latent_theta and self.theta_denoise != "none":
+            raise ValueError("TrainConfig.latent_theta fits θ per star; it cannot be combined with theta_denoise")
+        for name in ("polish_steps", "polish_iterations"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("iterations", "epochs", "batch_size", "n_hidden", "rebuild_batch_size", "latent_steps"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
 
@@ -118,7 +137,8 @@ class TrainConfig:
     #: Settings that must agree between a checkpoint and the run resuming it (iterations may grow).
     RESUME_KEYS = ("epochs", "batch_size", "seed", "learning_rate", "lr_decay", "split", "max_sigma_E0_first",
                    "cut_start", "cut_end", "cut_k_end", "n_hidden", "l2_hidden", "l1_extinction",
-                   "init_output_bias", "max_cut_fraction", "parallax_residual", "theta_denoise", "scale_step")
+                   "init_output_bias", "max_cut_fraction", "parallax_residual", "theta_denoise", "scale_step",
+                   "latent_theta", "latent_steps", "polish_steps", "polish_iterations")
 
 
 @dataclass
@@ -139,6 +159,7 @@ class TrainState:
     history : dict with lists ``epochs`` and ``iterations`` (JSON-able records)
     mu_lin : (N,) or None, the distance moduli the parallax residual is linearized about
         (``parallax_residual="parallax"`` after iteration 0; None otherwise)
+    theta_fit : (N, 3) or None, every star's fitted θ (``latent_theta`` after iteration 0; None otherwise)
     """
 
     iteration: int
@@ -152,6 +173,7 @@ class TrainState:
     rng_state: dict
     history: dict = field(default_factory=lambda: {"epochs": [], "iterations": []})
     mu_lin: np.ndarray | None = None
+    theta_fit: np.ndarray | None = None
 
 
 @dataclass
@@ -174,6 +196,7 @@ class History:
     E, sigma_E : (N,) the last reddening update (NaN for unusable stars)
     reduced_chi2 : (N,) the cut's χ²/(n_obs − 1) after the last iteration
     config : dict; timings : dict
+    theta_fit : (N, 3) or None, the fitted θ of every star (``latent_theta``; NaN for unusable stars)
     """
 
     epochs: list
@@ -186,6 +209,7 @@ class History:
     reduced_chi2: np.ndarray
     config: dict
     timings: dict
+    theta_fit: np.ndarray | None = None
 
     def summary(self) -> dict:
         """JSON-able summary (no per-star arrays)."""
@@ -343,8 +367,13 @@ def train(cat: Catalog, config: TrainConfig = TrainConfig(), *, init: StellarMod
             data = linearized_data(data, px, state.mu_lin)
     mu_lin = state.mu_lin
     med32, std32 = jnp.asarray(state.theta_med, jnp.float32), jnp.asarray(state.theta_std, jnp.float32)
-    x_all = jnp.asarray(np.nan_to_num(np.asarray(network.standardize(np.asarray(data.theta), state.theta_med,
-                                                                       state.theta_std))), jnp.float32)
+    theta_fit = state.theta_fit
+
+    def standardized(theta):
+        return jnp.asarray(np.nan_to_num(np.asarray(network.standardize(np.asarray(theta), state.theta_med,
+                                                                          state.theta_std))), jnp.float32)
+
+    x_all = standardized(data.theta if theta_fit is None else theta_fit)
     train_pool = np.flatnonzero(usable & (split == schedule.TRAIN))
     val_pool = np.flatnonzero(usable & (split == schedule.VALIDATION))
     if len(train_pool) == 0:
@@ -367,8 +396,12 @@ def train(cat: Catalog, config: TrainConfig = TrainConfig(), *, init: StellarMod
     for k in range(state.iteration, cfg.iterations):
         t0 = time.perf_counter()
         if W_dev is None:  # iteration 0, or the first iteration after a resume
-            W_dev = jnp.asarray(whitening_all(params, med32, std32, data, E, np.sqrt(var_E), first=(k == 0),
-                                              batch_size=cfg.rebuild_batch_size))
+            if theta_fit is not None:  # latent θ: the photometric whitening (no J, no σ_E)
+                from .latent import photometric_whitening_all
+                W_dev = jnp.asarray(photometric_whitening_all(data, cfg.rebuild_batch_size))
+            else:
+                W_dev = jnp.asarray(whitening_all(params, med32, std32, data, E, np.sqrt(var_E), first=(k == 0),
+                                                  batch_size=cfg.rebuild_batch_size))
         E_dev = jnp.asarray(E, jnp.float32)
         y_all = data.y_hat
         train_idx = train_pool[included[train_pool]]
@@ -394,23 +427,45 @@ def train(cat: Catalog, config: TrainConfig = TrainConfig(), *, init: StellarMod
             history["epochs"].append(rec)
             if callback is not None:
                 callback("epoch", None, rec)
+        polish = None
+        if cfg.polish_steps > 0 and k >= cfg.iterations - cfg.polish_iterations:
+            from .polish import lbfgs_polish
+            tp = time.perf_counter()
+            ti = jnp.asarray(train_idx, jnp.int32)
+            params, pl, pf = lbfgs_polish(params, x_all[ti], E_dev[ti], y_all[ti], W_dev[ti], B, cfg.l2_hidden,
+                                          cfg.l1_extinction, cfg.polish_steps)
+            vloss, _ = eval_fn(params, x_all, E_dev, y_all, W_dev, val_idx, val_w)
+            polish = {"loss_before": float(pl[0]), "loss_after": float(pf), "val_loss_after": float(vloss),
+                      "seconds": time.perf_counter() - tp}
         t_rebuild = time.perf_counter()
         epochs_s = t_rebuild - t_epochs
         W_dev = None
         r_scale = 1.0
         if cfg.scale_step:  # the E·R scale at its maximum likelihood (before relinearizing y₁ and the rebuild)
             from .scale import apply_scale, best_scale, photometric_reddening
-            q, b = photometric_reddening(params, med32, std32, data, cfg.rebuild_batch_size)
+            d_scale = data if theta_fit is None else data._replace(
+                theta=jnp.asarray(theta_fit, jnp.float32), theta_cov=jnp.zeros_like(data.theta_cov))
+            q, b = photometric_reddening(params, med32, std32, d_scale, cfg.rebuild_batch_size)
             sel = train_pool[included[train_pool]]
             r_scale = best_scale(q[sel], b[sel], np.asarray(data.E0)[sel], np.asarray(data.sigma_E0)[sel])
             params = apply_scale(params, r_scale)
+        if cfg.latent_theta and theta_fit is None:  # the joint fit starts at (θ̂, E₀)
+            theta_fit = np.asarray(data.theta, np.float64)
+        E_start = np.asarray(E, np.float64) / r_scale  # (E·R unchanged by the scale step)
         if px is not None:  # relinearize the parallax residual about the current model (at the current E)
-            mu_lin = model_distance_modulus(params, med32, std32, px.mag_ref, np.asarray(data.theta), E)
+            mu_lin = model_distance_modulus(params, med32, std32, px.mag_ref,
+                                            np.asarray(data.theta if theta_fit is None else theta_fit), E_start)
             data = linearized_data(data, px, mu_lin)
-        E_new, var_new, W_host, red, _ = rebuild_all(params, med32, std32, data, cfg.rebuild_batch_size)
+        if cfg.latent_theta:
+            from .latent import joint_fit_all
+            theta_fit, E_new, var_new, W_host, red, _ = joint_fit_all(params, med32, std32, data, theta_fit, E_start,
+                                                                      cfg.latent_steps, cfg.rebuild_batch_size)
+            x_all = standardized(theta_fit)
+        else:
+            E_new, var_new, W_host, red, _ = rebuild_all(params, med32, std32, data, cfg.rebuild_batch_size)
         W_dev = jnp.asarray(W_host)
         del W_host
-        dE = (E_new - E)[usable]
+        dE = (E_new - E_start)[usable]
         thr = schedule.cut_threshold(k, cfg.cut_start, cfg.cut_end, cfg.cut_k_end)
         pool_red = red[train_pool]
         raised = bool(np.mean(~(pool_red <= thr)) > cfg.max_cut_fraction)
@@ -427,22 +482,27 @@ def train(cat: Catalog, config: TrainConfig = TrainConfig(), *, init: StellarMod
                 "dE_rms": float(np.sqrt(np.mean(dE ** 2))) if len(dE) else 0.0,
                 "dE_max_abs": float(np.max(np.abs(dE))) if len(dE) else 0.0,
                 "train_loss": history["epochs"][-1]["train_loss"], "val_loss": history["epochs"][-1]["val_loss"],
-                "R_scale": r_scale, "n_parallax": int(np.asarray(data.y_obs)[usable, 0].sum()), "epochs_seconds": epochs_s, "rebuild_seconds": time.perf_counter() - t_rebuild
+                "R_scale": r_scale, "polish": polish, "n_parallax": int(np.asarray(data.y_obs)[usable, 0].sum()), "epochs_seconds": epochs_s, "rebuild_seconds": time.perf_counter() - t_rebuild
                 + (t_epochs - t0), "star_epochs_per_second": len(train_idx) * cfg.epochs / epochs_s}
         history["iterations"].append(irec)
         state = TrainState(k + 1, params, opt_state, state.theta_med, state.theta_std, E, var_E, included,
-                           rng.bit_generator.state, history, mu_lin)
+                           rng.bit_generator.state, history, mu_lin, theta_fit)
         if callback is not None:
             callback("iteration", state, irec)
 
     if not np.isfinite(red).any():  # nothing trained in this call (resumed a finished run): recompute
-        _, _, _, red, _ = rebuild_all(params, med32, std32, data, cfg.rebuild_batch_size)
+        if theta_fit is not None:
+            from .latent import joint_fit_all
+            red = joint_fit_all(params, med32, std32, data, theta_fit, E, 0, cfg.rebuild_batch_size)[4]
+        else:
+            _, _, _, red, _ = rebuild_all(params, med32, std32, data, cfg.rebuild_batch_size)
     timings = {"total_seconds": time.perf_counter() - t_start,
                "epochs_seconds": float(sum(r["epochs_seconds"] for r in history["iterations"])),
                "rebuild_seconds": float(sum(r["rebuild_seconds"] for r in history["iterations"]))}
     hist = History(history["epochs"], history["iterations"], split, usable, included,
                    np.where(usable, E, np.nan), np.where(usable, np.sqrt(var_E), np.nan),
-                   np.where(usable, red, np.nan), cfg.to_dict(), timings)
+                   np.where(usable, red, np.nan), cfg.to_dict(), timings,
+                   None if theta_fit is None else np.where(usable[:, None], theta_fit, np.nan))
     model = StellarModel(params=jax.tree_util.tree_map(np.asarray, params), theta_med=np.asarray(state.theta_med),
                          theta_std=np.asarray(state.theta_std), bands=cat.bands)
     validity = None
