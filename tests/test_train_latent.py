@@ -72,7 +72,7 @@ def test_joint_fit_is_the_minimum_and_moves_theta_towards_the_truth(tiny, releas
 @pytest.fixture(scope="module")
 def trained_latent(tiny):
     from dataclasses import replace
-    cfg = replace(TINY, iterations=3, latent_theta=True, latent_steps=3, polish_steps=5, polish_iterations=2)
+    cfg = replace(TINY, iterations=3, latent_theta="fit", latent_steps=3, polish_steps=5, polish_iterations=2)
     states = []
     model, hist = train(tiny, cfg, callback=lambda ev, st, rec: states.append(st) if ev == "iteration" else None)
     return cfg, model, hist, states
@@ -128,7 +128,7 @@ def test_polish_reaches_the_minimum_adam_leaves(released_model, tiny):
 
 def test_latent_config_checks():
     with pytest.raises(ValueError, match="latent_theta"):
-        TrainConfig(latent_theta=True, theta_denoise="tweedie")
+        TrainConfig(latent_theta="fit", theta_denoise="tweedie")
     with pytest.raises(ValueError, match="polish_steps"):
         TrainConfig(polish_steps=-1)
     with pytest.raises(ValueError, match="latent_steps"):

@@ -21,7 +21,10 @@ from ..model import StellarModel, network
 from . import schedule
 from .rebuild import rebuild_all, whitening_all
 
-__all__ = ["TrainConfig", "TrainState", "History", "train", "make_optimizer", "batch_loss"]
+#: Values of ``TrainConfig.latent_theta``.
+LATENT = ("none", "fit", "profile")
+
+__all__ = ["LATENT", "TrainConfig", "TrainState", "History", "train", "make_optimizer", "batch_loss"]
 
 
 @dataclass(frozen=True)
@@ -75,11 +78,15 @@ class TrainConfig:
         the photometry cannot see it) to its maximum-likelihood value under the reddening priors
         (:mod:`photoinfer.train.scale`); the iteration record gives the factor (``R_scale``).
         Off: the paper's alternation alone, along which the scale drifts.
-    latent_theta : bool
-        Fit every star's θ and E with the network (:mod:`photoinfer.train.latent`): the network
-        is fed the fitted θ_i, C_y is photometric only, and after every iteration's epochs each
-        (θ_i, E_i) moves to the minimum of its term of the joint objective (``latent_steps``
-        Levenberg–Marquardt steps).  Off: the paper (the network is fed θ̂; θ errors only weight).
+    latent_theta : {"none", "fit", "profile"}
+        ``"none"``: the paper (the network is fed θ̂; θ errors only weight C_y).  Otherwise every
+        star's θ and E are fitted with the network (:mod:`photoinfer.train.latent`): after every
+        iteration's epochs each (θ_i, E_i) moves to the minimum of its term of the joint objective
+        (``latent_steps`` Levenberg–Marquardt steps) and the network is fed the fitted θ_i with the
+        photometric C_y.  ``"fit"``: the epochs fit the network at fixed (θ_i, E_i);
+        ``"profile"``: each step's loss is the joint objective with (θ_i, E_i) profiled out to
+        second order about the fitted values, the network's Jacobian live
+        (:mod:`photoinfer.train.profile`).
     latent_steps : int
         Levenberg–Marquardt steps per star and iteration (5).
     polish_steps, polish_iterations : int
@@ -108,7 +115,7 @@ class TrainConfig:
     parallax_residual: str = "magnitude"
     theta_denoise: str = "none"
     scale_step: bool = False
-    latent_theta: bool = False
+    latent_theta: str = "none"
     latent_steps: int = 5
     polish_steps: int = 0
     polish_iterations: int = 1
@@ -120,7 +127,9 @@ class TrainConfig:
         from .parallax import RESIDUALS
         if self.parallax_residual not in RESIDUALS:
             raise ValueError(f"TrainConfig.parallax_residual must be one of {RESIDUALS}, not {self.parallax_residual!r}")
-        if self.latent_theta and self.theta_denoise != "none":
+        if self.latent_theta not in LATENT:
+            raise ValueError(f"TrainConfig.latent_theta must be one of {LATENT}, not {self.latent_theta!r}")
+        if self.latent_theta != "none" and self.theta_denoise != "none":
             raise ValueError("TrainConfig.latent_theta fits θ per star; it cannot be combined with theta_denoise")
         for name in ("polish_steps", "polish_iterations"):
             if int(getattr(self, name)) < 0:
@@ -244,7 +253,7 @@ def batch_loss(params, x, E, y, W, w, n_bands: int, l2: float, l1: float):
     return data + network.regularization(params, l2, l1), data
 
 
-def _make_epoch(opt, n_batches: int, batch_size: int, n_bands: int, l2: float, l1: float):
+def _make_epoch(opt, n_batches: int, batch_size: int, n_bands: int, l2: float, l1: float, loss_fn=None):
     """One epoch as a jitted ``lax.scan`` over batches; each step gathers its batch by index.
 
     The shuffle is a numpy permutation of the star indices (drawn outside, once per epoch).
@@ -252,12 +261,14 @@ def _make_epoch(opt, n_batches: int, batch_size: int, n_bands: int, l2: float, l
     shuffled epoch first (1.23 vs 0.45 M star-epochs/s at 2×10⁵ stars) and needs no copy of W.
     """
 
-    def epoch(params, opt_state, x, E, y, W, idx, w):
+    loss_fn = loss_fn or batch_loss
+
+    def epoch(params, opt_state, x, E, y, W, idx, w, aux=()):
         def step(carry, b):
             p, s = carry
             i, wb = b
-            (loss, data), g = jax.value_and_grad(batch_loss, has_aux=True)(p, x[i], E[i], y[i], W[i], wb,
-                                                                           n_bands, l2, l1)
+            (loss, data), g = jax.value_and_grad(loss_fn, has_aux=True)(p, x[i], E[i], y[i], W[i], wb,
+                                                                        *(a[i] for a in aux), n_bands, l2, l1)
             upd, s2 = opt.update(g, s, p)
             p2 = optax.apply_updates(p, upd)
             live = jnp.sum(wb) > 0  # an all-padding batch makes no step
@@ -271,10 +282,12 @@ def _make_epoch(opt, n_batches: int, batch_size: int, n_bands: int, l2: float, l
     return jax.jit(epoch)
 
 
-def _make_eval(n_bands: int, l2: float, l1: float):
+def _make_eval(n_bands: int, l2: float, l1: float, loss_fn=None):
+    loss_fn = loss_fn or batch_loss
+
     @jax.jit
-    def evaluate(params, x, E, y, W, idx, w):
-        return batch_loss(params, x[idx], E[idx], y[idx], W[idx], w, n_bands, l2, l1)
+    def evaluate(params, x, E, y, W, idx, w, aux=()):
+        return loss_fn(params, x[idx], E[idx], y[idx], W[idx], w, *(a[idx] for a in aux), n_bands, l2, l1)
     return evaluate
 
 
@@ -383,6 +396,12 @@ def train(cat: Catalog, config: TrainConfig = TrainConfig(), *, init: StellarMod
     opt = make_optimizer(cfg.learning_rate)
     epoch_fn = _make_epoch(opt, n_batches, bs, B, cfg.l2_hidden, cfg.l1_extinction)
     eval_fn = _make_eval(B, cfg.l2_hidden, cfg.l1_extinction)
+    plain_fns, loss_fn, aux = (epoch_fn, eval_fn), None, ()
+    if cfg.latent_theta == "profile":  # from iteration 1 on (after the first joint fit): the profiled loss
+        from .profile import profile_aux, profile_batch_loss
+        profile_fns = (_make_epoch(opt, n_batches, bs, B, cfg.l2_hidden, cfg.l1_extinction, profile_batch_loss),
+                       _make_eval(B, cfg.l2_hidden, cfg.l1_extinction, profile_batch_loss))
+        profile_arrays = profile_aux(data, state.theta_med, state.theta_std)
     val_idx = jnp.asarray(val_pool if len(val_pool) else train_pool[:1], jnp.int32)
     rng = np.random.default_rng()
     rng.bit_generator.state = state.rng_state
@@ -404,6 +423,10 @@ def train(cat: Catalog, config: TrainConfig = TrainConfig(), *, init: StellarMod
                                                   batch_size=cfg.rebuild_batch_size))
         E_dev = jnp.asarray(E, jnp.float32)
         y_all = data.y_hat
+        if cfg.latent_theta == "profile" and theta_fit is not None:
+            (epoch_fn, eval_fn), loss_fn, aux = profile_fns, profile_batch_loss, profile_arrays
+        else:
+            (epoch_fn, eval_fn), loss_fn, aux = plain_fns, None, ()
         train_idx = train_pool[included[train_pool]]
         val_w = jnp.asarray(included[np.asarray(val_idx)] & (len(val_pool) > 0), jnp.float32)
         lr = schedule.learning_rate(k, cfg.learning_rate, cfg.lr_decay)
@@ -417,9 +440,9 @@ def train(cat: Catalog, config: TrainConfig = TrainConfig(), *, init: StellarMod
             idx = np.zeros(n_batches * bs, np.int32)
             idx[:len(train_idx)] = train_idx[rng.permutation(len(train_idx))]
             params, opt_state, loss, chi2b, nb = epoch_fn(params, opt_state, x_all, E_dev, y_all, W_dev,
-                                                          jnp.asarray(idx), w)
+                                                          jnp.asarray(idx), w, aux)
             loss, chi2b, nb = np.asarray(loss), np.asarray(chi2b), np.asarray(nb)
-            vloss, vchi2 = eval_fn(params, x_all, E_dev, y_all, W_dev, val_idx, val_w)
+            vloss, vchi2 = eval_fn(params, x_all, E_dev, y_all, W_dev, val_idx, val_w, aux)
             rec = {"iteration": k, "epoch": e, "learning_rate": lr,
                    "train_loss": float(np.sum(loss * nb) / max(nb.sum(), 1)),
                    "train_chi2": float(np.sum(chi2b * nb) / max(nb.sum(), 1)),
@@ -433,8 +456,8 @@ def train(cat: Catalog, config: TrainConfig = TrainConfig(), *, init: StellarMod
             tp = time.perf_counter()
             ti = jnp.asarray(train_idx, jnp.int32)
             params, pl, pf = lbfgs_polish(params, x_all[ti], E_dev[ti], y_all[ti], W_dev[ti], B, cfg.l2_hidden,
-                                          cfg.l1_extinction, cfg.polish_steps)
-            vloss, _ = eval_fn(params, x_all, E_dev, y_all, W_dev, val_idx, val_w)
+                                          cfg.l1_extinction, cfg.polish_steps, loss_fn, [a[ti] for a in aux])
+            vloss, _ = eval_fn(params, x_all, E_dev, y_all, W_dev, val_idx, val_w, aux)
             polish = {"loss_before": float(pl[0]), "loss_after": float(pf), "val_loss_after": float(vloss),
                       "seconds": time.perf_counter() - tp}
         t_rebuild = time.perf_counter()
@@ -449,14 +472,14 @@ def train(cat: Catalog, config: TrainConfig = TrainConfig(), *, init: StellarMod
             sel = train_pool[included[train_pool]]
             r_scale = best_scale(q[sel], b[sel], np.asarray(data.E0)[sel], np.asarray(data.sigma_E0)[sel])
             params = apply_scale(params, r_scale)
-        if cfg.latent_theta and theta_fit is None:  # the joint fit starts at (θ̂, E₀)
+        if cfg.latent_theta != "none" and theta_fit is None:  # the joint fit starts at (θ̂, E₀)
             theta_fit = np.asarray(data.theta, np.float64)
         E_start = np.asarray(E, np.float64) / r_scale  # (E·R unchanged by the scale step)
         if px is not None:  # relinearize the parallax residual about the current model (at the current E)
             mu_lin = model_distance_modulus(params, med32, std32, px.mag_ref,
                                             np.asarray(data.theta if theta_fit is None else theta_fit), E_start)
             data = linearized_data(data, px, mu_lin)
-        if cfg.latent_theta:
+        if cfg.latent_theta != "none":
             from .latent import joint_fit_all
             theta_fit, E_new, var_new, W_host, red, _ = joint_fit_all(params, med32, std32, data, theta_fit, E_start,
                                                                       cfg.latent_steps, cfg.rebuild_batch_size)

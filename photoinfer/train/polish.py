@@ -17,13 +17,14 @@ import optax
 __all__ = ["lbfgs_polish"]
 
 
-def _make(n_bands: int, l2: float, l1: float, steps: int):
+def _make(n_bands: int, l2: float, l1: float, steps: int, loss_fn):
     from .loop import batch_loss
+    loss_fn = loss_fn or batch_loss
 
     @jax.jit
-    def run(params, x, E, y, W):
+    def run(params, x, E, y, W, aux):
         w = jnp.ones(x.shape[0], x.dtype)
-        f = lambda p: batch_loss(p, x, E, y, W, w, n_bands, l2, l1)[0]  # noqa: E731
+        f = lambda p: loss_fn(p, x, E, y, W, w, *aux, n_bands, l2, l1)[0]  # noqa: E731
         opt = optax.lbfgs()
         vg = optax.value_and_grad_from_state(f)
 
@@ -42,18 +43,20 @@ def _make(n_bands: int, l2: float, l1: float, steps: int):
 _CACHE = {}
 
 
-def lbfgs_polish(params, x, E, y, W, n_bands: int, l2: float, l1: float, steps: int):
-    """``steps`` L-BFGS steps on the full-batch training loss (:func:`~photoinfer.train.loop.batch_loss`
-    over all the given stars, each weight 1).
+def lbfgs_polish(params, x, E, y, W, n_bands: int, l2: float, l1: float, steps: int, loss_fn=None, aux=()):
+    """``steps`` L-BFGS steps on the full-batch training loss (``loss_fn``, default
+    :func:`~photoinfer.train.loop.batch_loss`, over all the given stars, each weight 1).
 
     Parameters
     ----------
     x : (n, 3) standardized θ; E : (n,); y : (n, B); W : (n, B, B) — the training stars only
+    loss_fn, aux : a loss with the signature of ``batch_loss`` taking the per-star arrays ``aux``
+        after the weights (:func:`~photoinfer.train.profile.profile_batch_loss`)
 
     Returns
     -------
     params, losses : (steps,) the loss before each step, final_loss : ()
     """
-    key = (n_bands, float(l2), float(l1), int(steps))
+    key = (n_bands, float(l2), float(l1), int(steps), loss_fn)
     fn = _CACHE.setdefault(key, _make(*key))
-    return fn(params, x, E, y, W)
+    return fn(params, x, E, y, W, tuple(aux))
