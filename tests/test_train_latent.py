@@ -69,17 +69,17 @@ def test_joint_fit_is_the_minimum_and_moves_theta_towards_the_truth(tiny, releas
     assert mse_fit < 0.7 * mse_meas, (mse_fit, mse_meas)
 
 
-@pytest.fixture(scope="module")
-def trained_latent(tiny):
+@pytest.fixture(scope="module", params=["fit", "profile"])
+def trained_latent(tiny, request):
     from dataclasses import replace
-    cfg = replace(TINY, iterations=3, latent_theta="fit", latent_steps=3, polish_steps=5, polish_iterations=2)
+    cfg = replace(TINY, iterations=3, latent_theta=request.param, latent_steps=3, polish_steps=5, polish_iterations=2)
     states = []
     model, hist = train(tiny, cfg, callback=lambda ev, st, rec: states.append(st) if ev == "iteration" else None)
     return cfg, model, hist, states
 
 
 def test_train_latent_theta_records_and_resumes(tiny, trained_latent, tmp_path):
-    """latent_theta: every usable star has a fitted θ after iteration 0 (and none before), the history
+    """latent_theta ("fit" and "profile"): every usable star has a fitted θ after iteration 0 (and none before), the history
     carries them, the last E equals a joint fit at the last state (0 further steps: a fixed point of
     the record), the polish ran in the last 2 iterations only, and resuming after iteration 1 from a
     checkpoint written to disk gives the uninterrupted run's model."""
@@ -131,5 +131,37 @@ def test_latent_config_checks():
         TrainConfig(latent_theta="fit", theta_denoise="tweedie")
     with pytest.raises(ValueError, match="polish_steps"):
         TrainConfig(polish_steps=-1)
+    with pytest.raises(ValueError, match="latent_theta"):
+        TrainConfig(latent_theta="yes")
     with pytest.raises(ValueError, match="latent_steps"):
         TrainConfig(latent_steps=0)
+
+
+def test_profile_loss_at_the_measurement_is_the_marginal_chi2(tiny, released_model):
+    """At θ* = θ̂, E* = E₀ the profiled loss (Woodbury, 4×4 solve) equals rᵀC⁻¹r with the full
+    C = C_phot (stabilized) + J C_θ Jᵀ + σ²_E₀ (AR)(AR)ᵀ built directly (13×13 inverse), J = ∂y/∂θ
+    at (θ̂, E₀) — the paper's marginal χ², to float32 precision — and is below the fixed-(θ, E) χ²."""
+    from photoinfer import likelihood as lik
+    from photoinfer.train.latent import photometric_whitening
+    from photoinfer.train.profile import profile_aux, star_profile_loss
+    d = star_data(tiny)
+    usable = np.flatnonzero(tiny.usable(TRAINING_UNUSABLE))[:30]
+    med, std = np.asarray(released_model.theta_med), np.asarray(released_model.theta_std)
+    x_hat, lam, E0, ivar = profile_aux(d, med, std)
+    p = released_model.params
+    med32, std32 = jnp.asarray(med, jnp.float32), jnp.asarray(std, jnp.float32)
+    for i in usable:
+        s = jax.tree_util.tree_map(lambda a: a[i], d)
+        W = photometric_whitening(s)
+        loss, chi2 = star_profile_loss(p, x_hat[i], E0[i], x_hat[i], lam[i], E0[i], ivar[i], s.y_hat, W)
+        x = network.standardize(s.theta, med32, std32)
+        aR = network.to_colour_basis(network.extinction_vector(p, x))
+        J = lik.model_jacobian(p, med32, std32, s.theta, s.E0)
+        B = len(aR)
+        Cp = lik.stabilize_diagonal(lik.covariance_y(s.sigma_m, s.sigma_mu, 0.0, jnp.zeros(B), jnp.zeros((B, 3)), s.theta_cov))
+        C = Cp + J @ s.theta_cov @ J.T + s.sigma_E0 ** 2 * jnp.outer(aR, aR)
+        P = lik.precision_matrix(C, s.y_obs)
+        r = (s.y_hat - network.predict_y(p, med32, std32, s.theta, s.E0)) * s.y_obs
+        direct = float(r @ P @ r)
+        assert abs(float(loss) - direct) <= 2e-3 * max(direct, 1.0), (i, float(loss), direct)
+        assert float(loss) <= float(chi2) * (1 + 1e-4) + 1e-4
