@@ -6,6 +6,10 @@ Usage::
     python benchmarks/truth_recovery.py --n 200000 --seed 1          # the must-show run (~10 min)
     python benchmarks/truth_recovery.py --n 20000 --iterations 4 --epochs 5   # quick look
     python benchmarks/truth_recovery.py --parallax-residual parallax --scale-step --epochs 75  # options
+    python benchmarks/truth_recovery.py --mock-cache /tmp/mock200k_s1.parquet --parallax-residual parallax \
+        --scale-step --config '{"latent_theta": "profile"}'     # any TrainConfig field; the mock reused
+    python benchmarks/truth_recovery.py --n 50000 --mock-cache /tmp/mock200k_s1.parquet --init-truth ...
+        # the first 50k stars of the cached mock; training starts at the truth (does the estimator drift?)
 
 Mock: :func:`photoinfer.simulate.simulate_catalog` with the released model (θ from its
 training density, Galactic distances, dust, the real sample's errors and missing bands).
