@@ -72,7 +72,8 @@ def test_joint_fit_is_the_minimum_and_moves_theta_towards_the_truth(tiny, releas
 @pytest.fixture(scope="module", params=["fit", "profile"])
 def trained_latent(tiny, request):
     from dataclasses import replace
-    cfg = replace(TINY, iterations=3, latent_theta=request.param, latent_steps=3, polish_steps=5, polish_iterations=2)
+    polish = 5 if request.param == "fit" else 0  # (the polish of the profiled loss is refused: it hung at 200k)
+    cfg = replace(TINY, iterations=3, latent_theta=request.param, latent_steps=3, polish_steps=polish, polish_iterations=2)
     states = []
     model, hist = train(tiny, cfg, callback=lambda ev, st, rec: states.append(st) if ev == "iteration" else None)
     return cfg, model, hist, states
@@ -91,8 +92,8 @@ def test_train_latent_theta_records_and_resumes(tiny, trained_latent, tmp_path):
     assert np.isfinite(hist.theta_fit[usable]).all() and np.isnan(hist.theta_fit[~usable]).all()
     moved = np.abs(hist.theta_fit[usable] - tiny.theta[usable]) / np.sqrt(np.diagonal(tiny.theta_cov[usable], axis1=1, axis2=2))
     assert np.median(moved) > 0.05  # the fitted θ left θ̂ (by a fraction of σ_θ)
-    assert [r["polish"] is not None for r in hist.iterations] == [False, True, True]
-    assert all(r["polish"]["loss_after"] <= r["polish"]["loss_before"] for r in hist.iterations[1:])
+    assert [r["polish"] is not None for r in hist.iterations] == [False, cfg.polish_steps > 0, cfg.polish_steps > 0]
+    assert all(r["polish"]["loss_after"] <= r["polish"]["loss_before"] for r in hist.iterations[1:] if r["polish"])
     med, std = jnp.asarray(model.theta_med, jnp.float32), jnp.asarray(model.theta_std, jnp.float32)
     _, E0, _, _, _, _ = joint_fit_all(model.params, med, std, star_data(tiny), states[-1].theta_fit, states[-1].E, 0)
     np.testing.assert_allclose(E0[usable], hist.E[usable], rtol=1e-6, atol=1e-7)
@@ -133,6 +134,8 @@ def test_latent_config_checks():
         TrainConfig(polish_steps=-1)
     with pytest.raises(ValueError, match="latent_theta"):
         TrainConfig(latent_theta="yes")
+    with pytest.raises(ValueError, match="polish_steps"):
+        TrainConfig(latent_theta="profile", polish_steps=10)
     with pytest.raises(ValueError, match="latent_steps"):
         TrainConfig(latent_steps=0)
 

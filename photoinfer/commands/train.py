@@ -28,7 +28,7 @@ photometry, theta measurement and reddening prior), each step's loss having them
 with the network's Jacobian live: removes the errors-in-variables bias of regressing on the
 measured theta (docs/training.md).  --latent-theta fit: the same objective by plain alternation.
 --polish-steps N adds N full-batch L-BFGS steps after the epochs of the last
---polish-iterations iterations.
+--polish-iterations iterations (not with --latent-theta profile).
 
 Small catalogs need small batches: with B stars per batch there are 0.7 N / B steps per
 epoch; 8,000 stars at --batch-size 64 converge in the default 20 x 25 schedule.
@@ -68,7 +68,7 @@ def add_arguments(p) -> None:
                         "by alternation (slow to converge; see docs/training.md)")
     p.add_argument("--polish-steps", type=int, default=0, metavar="N",
                    help="full-batch L-BFGS steps after the epochs of each of the last --polish-iterations "
-                        "iterations (default 0: none)")
+                        "iterations (default 0: none; not with --latent-theta profile)")
     p.add_argument("--polish-iterations", type=int, default=1, metavar="K",
                    help="how many of the last iterations get --polish-steps (default 1)")
     p.add_argument("--init", metavar="MODEL", default=None,

@@ -131,6 +131,10 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.latent_theta must be one of {LATENT}, not {self.latent_theta!r}")
         if self.latent_theta != "none" and self.theta_denoise != "none":
             raise ValueError("TrainConfig.latent_theta fits θ per star; it cannot be combined with theta_denoise")
+        if self.polish_steps > 0 and self.latent_theta == "profile":
+            raise ValueError("TrainConfig.polish_steps cannot be combined with latent_theta='profile': the "
+                             "full-batch L-BFGS of the profiled loss hung on 200,000 stars (twice; "
+                             "docs/training.md)")
         for name in ("polish_steps", "polish_iterations"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
