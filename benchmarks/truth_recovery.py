@@ -6,6 +6,10 @@ Usage::
     python benchmarks/truth_recovery.py --n 200000 --seed 1          # the must-show run (~10 min)
     python benchmarks/truth_recovery.py --n 20000 --iterations 4 --epochs 5   # quick look
     python benchmarks/truth_recovery.py --parallax-residual parallax --scale-step --epochs 75  # options
+    python benchmarks/truth_recovery.py --mock-cache /tmp/mock200k_s1.parquet --parallax-residual parallax \
+        --scale-step --config '{"latent_theta": "profile"}'     # any TrainConfig field; the mock reused
+    python benchmarks/truth_recovery.py --n 50000 --mock-cache /tmp/mock200k_s1.parquet --init-truth ...
+        # the first 50k stars of the cached mock; training starts at the truth (does the estimator drift?)
 
 Mock: :func:`photoinfer.simulate.simulate_catalog` with the released model (θ from its
 training density, Galactic distances, dust, the real sample's errors and missing bands).
@@ -103,9 +107,25 @@ def scaled_errors(theta_scale: float = 1.0, parallax_scale: float = 1.0):
                    source=f"{em.source}, sigma_theta x {theta_scale}, sigma_parallax x {parallax_scale}")
 
 
+def _mock(truth, n, seed, em, reddening_prior_error, cache):
+    """The mock: simulated, or the first ``n`` stars of ``cache`` (a catalog file written by an earlier
+    run with the same seed and error options; the stars are i.i.d., so its first n are an n-star mock)."""
+    from photoinfer.io.catalogs import read_catalog, write_catalog
+    from photoinfer.simulate import simulate_catalog
+    if cache is not None and Path(cache).exists():
+        cat = read_catalog(cache)
+        if len(cat) < n:
+            raise ValueError(f"{cache} has {len(cat)} stars, fewer than --n {n}")
+        return cat.subset(np.arange(n)) if len(cat) > n else cat
+    cat = simulate_catalog(truth, n, seed, error_model=em, reddening_prior_error=reddening_prior_error)
+    if cache is not None:
+        write_catalog(cat, cache)
+    return cat
+
+
 def run(n=200000, seed=1, iterations=20, epochs=25, batch_size=1024, out=None, theta_error_scale=1.0,
         save_model=None, parallax_error_scale=1.0, reddening_prior_error="berkson", parallax_residual="magnitude",
-        theta_denoise="none", scale_step=False, lr_decay=0.2):
+        theta_denoise="none", scale_step=False, lr_decay=0.2, mock_cache=None, extra_config=None, init_truth=False):
     from photoinfer.evaluate import star_data
     from photoinfer.io.models import load_model
     from photoinfer.simulate import simulate_catalog
@@ -115,17 +135,18 @@ def run(n=200000, seed=1, iterations=20, epochs=25, batch_size=1024, out=None, t
     t0 = time.perf_counter()
     em = (None if theta_error_scale == 1.0 and parallax_error_scale == 1.0
           else scaled_errors(theta_error_scale, parallax_error_scale))
-    cat = simulate_catalog(truth, n, seed, error_model=em, reddening_prior_error=reddening_prior_error)
+    cat = _mock(truth, n, seed, em, reddening_prior_error, mock_cache)
     t_sim = time.perf_counter() - t0
     extra_cfg = {} if parallax_residual == "magnitude" else {"parallax_residual": parallax_residual}
     if theta_denoise != "none":
         extra_cfg["theta_denoise"] = theta_denoise
     if scale_step:
         extra_cfg["scale_step"] = True
+    extra_cfg.update(extra_config or {})
     cfg = TrainConfig(iterations=iterations, epochs=epochs, batch_size=batch_size, seed=seed, lr_decay=lr_decay,
                       **extra_cfg)
     t0 = time.perf_counter()
-    model, hist = train(cat, cfg)
+    model, hist = train(cat, cfg, init=truth if init_truth else None)
     t_train = time.perf_counter() - t0
     if save_model:
         from photoinfer.io.models import save_model as _save
@@ -160,7 +181,9 @@ def run(n=200000, seed=1, iterations=20, epochs=25, batch_size=1024, out=None, t
                    f"--epochs {epochs} --batch-size {batch_size} --theta-error-scale {theta_error_scale} "
                    f"--parallax-error-scale {parallax_error_scale} --reddening-prior-error {reddening_prior_error} "
                    f"--parallax-residual {parallax_residual} --theta-denoise {theta_denoise}" + (" --scale-step" if scale_step else "")
-                   + (f" --lr-decay {lr_decay}" if lr_decay != 0.2 else ""),
+                   + (f" --lr-decay {lr_decay}" if lr_decay != 0.2 else "")
+                   + (f" --config '{json.dumps(extra_config)}'" if extra_config else "") + (" --init-truth" if init_truth else ""),
+        "train_config": cfg.to_dict(),
         "theta_denoise": theta_denoise, "scale_step": scale_step,
         "R_scale_per_iteration": [r.get("R_scale", 1.0) for r in hist.iterations],
         "reddening_prior_error": reddening_prior_error, "parallax_residual": parallax_residual,
@@ -215,6 +238,14 @@ def main(argv=None):
     p.add_argument("--scale-step", action="store_true",
                    help="training's E·R scale step (docs/training.md; default off: the paper)")
     p.add_argument("--lr-decay", type=float, default=0.2, help="learning rate 1e-3·exp(-LR_DECAY·k) (default 0.2)")
+    p.add_argument("--mock-cache", default=None, metavar="FILE",
+                   help="read the mock from FILE (its first --n stars) if it exists, else simulate and write it "
+                        "there (.parquet); it must come from the same --seed and error options")
+    p.add_argument("--config", default=None, metavar="JSON",
+                   help="further TrainConfig fields as a JSON object, e.g. '{\"polish_steps\": 200}'")
+    p.add_argument("--init-truth", action="store_true",
+                   help="start training from the truth's parameters (a diagnostic: does the estimator drift away?)")
+    p.add_argument("--tag", default="", help="appended to the default output name")
     p.add_argument("--save-model", default=None, metavar="PATH", help="also write the trained model here")
     p.add_argument("--out", default=None, help="default benchmarks/results/truth_recovery_<prior>_<residual>[_tweedie][_scale][_thetaerrX]"
                                         "[_plxerrY][_epochsE][_lrdecayD][_nN].json")
@@ -222,10 +253,11 @@ def main(argv=None):
     tag = "".join(f"_{k}{v:g}" for k, v in (("thetaerr", a.theta_error_scale), ("plxerr", a.parallax_error_scale))
                   if v != 1.0)
     tag = f"_{a.reddening_prior_error}_{a.parallax_residual}" + ("_tweedie" if a.theta_denoise == "tweedie" else "") + ("_scale" if a.scale_step else "") + tag \
-        + (f"_epochs{a.epochs}" if a.epochs != 25 else "") + (f"_lrdecay{a.lr_decay:g}" if a.lr_decay != 0.2 else "") + (f"_n{a.n}" if a.n != 200000 else "")
+        + (f"_epochs{a.epochs}" if a.epochs != 25 else "") + (f"_lrdecay{a.lr_decay:g}" if a.lr_decay != 0.2 else "") + (f"_n{a.n}" if a.n != 200000 else "") + a.tag
     out = a.out or str(REPO / "benchmarks" / "results" / f"truth_recovery{tag}.json")
     print(json.dumps(run(a.n, a.seed, a.iterations, a.epochs, a.batch_size, out, a.theta_error_scale, a.save_model,
-                         a.parallax_error_scale, a.reddening_prior_error, a.parallax_residual, a.theta_denoise, a.scale_step, a.lr_decay), indent=1))
+                         a.parallax_error_scale, a.reddening_prior_error, a.parallax_residual, a.theta_denoise, a.scale_step, a.lr_decay,
+                         a.mock_cache, json.loads(a.config) if a.config else None, a.init_truth), indent=1))
 
 
 if __name__ == "__main__":

@@ -23,6 +23,13 @@ parallax), in magnitude units, for every star with a parallax (any S/N, negative
 relinearized about the current model after every iteration: no selection on the observed
 parallax, no log bias (docs/training.md).  The default, magnitude, is the paper's.
 
+--latent-theta profile fits every star's theta and E with the network (the joint objective:
+photometry, theta measurement and reddening prior), each step's loss having them profiled out
+with the network's Jacobian live: removes the errors-in-variables bias of regressing on the
+measured theta (docs/training.md).  --latent-theta fit: the same objective by plain alternation.
+--polish-steps N adds N full-batch L-BFGS steps after the epochs of the last
+--polish-iterations iterations (not with --latent-theta profile).
+
 Small catalogs need small batches: with B stars per batch there are 0.7 N / B steps per
 epoch; 8,000 stars at --batch-size 64 converge in the default 20 x 25 schedule.
 
@@ -30,6 +37,7 @@ examples:
   photoinfer train --catalog stars.parquet --out my_model.h5
   photoinfer train --catalog green2020_sample_8k.h5 --out m.h5 --batch-size 64 --seed 1
   photoinfer train --catalog more_stars.parquet --out tuned.h5 --init my_model.h5 --iterations 5
+  photoinfer train --catalog mock.parquet --out m.h5 --latent-theta profile --parallax-residual parallax --scale-step
 """
 
 
@@ -53,6 +61,16 @@ def add_arguments(p) -> None:
                    help="after every iteration, set the overall scale of R (every E scaled inversely, which the "
                         "photometry cannot see) to its maximum likelihood under the reddening priors (see "
                         "docs/training.md; default off, the paper)")
+    p.add_argument("--latent-theta", choices=("none", "fit", "profile"), default="none",
+                   help="none (the paper; default): the network is fed the measured theta.  profile: every star's "
+                        "theta and E are fitted with the network, profiled out of each step's loss with the "
+                        "network's Jacobian live (removes the errors-in-variables bias); fit: the same objective "
+                        "by alternation (slow to converge; see docs/training.md)")
+    p.add_argument("--polish-steps", type=int, default=0, metavar="N",
+                   help="full-batch L-BFGS steps after the epochs of each of the last --polish-iterations "
+                        "iterations (default 0: none; not with --latent-theta profile)")
+    p.add_argument("--polish-iterations", type=int, default=1, metavar="K",
+                   help="how many of the last iterations get --polish-steps (default 1)")
     p.add_argument("--init", metavar="MODEL", default=None,
                    help="start from this model's weights and θ normalization (fine-tuning); a model file, the "
                         "released Keras .h5, or 'green2020'")
@@ -88,7 +106,8 @@ def run(args) -> int:
     log.info("catalog: %s, %d stars", args.catalog, len(cat))
     config = TrainConfig(iterations=args.iterations, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
                          parallax_residual=args.parallax_residual, theta_denoise=args.theta_denoise,
-                         scale_step=args.scale_step)
+                         scale_step=args.scale_step, latent_theta=args.latent_theta,
+                         polish_steps=args.polish_steps, polish_iterations=args.polish_iterations)
     init = load_model(args.init) if args.init else None
     fingerprint = catalog_fingerprint(cat)
     ckdir = checkpoint_dir(out)
@@ -151,6 +170,10 @@ def _argv(args):
         parts.append(f"--theta-denoise {args.theta_denoise}")
     if args.scale_step:
         parts.append("--scale-step")
+    if args.latent_theta != "none":
+        parts.append(f"--latent-theta {args.latent_theta}")
+    if args.polish_steps:
+        parts.append(f"--polish-steps {args.polish_steps} --polish-iterations {args.polish_iterations}")
     if args.init:
         parts.append(f"--init {args.init}")
     return parts

@@ -7,6 +7,7 @@ Layout of ``<dir>/state.npz``::
     theta_med, theta_std (3,)          θ normalization
     E, var_E (N,), included (N,)       per-star reddening and the outlier-cut mask
     mu_lin (N,)                        (only with parallax_residual="parallax") the linearization point
+    theta_fit (N, 3)                   (only with latent_theta) every star's fitted θ
     meta                               JSON: format, iteration, config, catalog fingerprint,
                                        shuffle-RNG state, history
 
@@ -55,6 +56,8 @@ def save_checkpoint(directory, state: TrainState, config: TrainConfig, fingerpri
                   meta=np.array(json.dumps(meta, default=_json_default)))
     if state.mu_lin is not None:
         arrays["mu_lin"] = np.asarray(state.mu_lin)
+    if state.theta_fit is not None:
+        arrays["theta_fit"] = np.asarray(state.theta_fit)
     tmp = directory / (CHECKPOINT_FILE + ".tmp")
     with open(tmp, "wb") as f:
         np.savez(f, **arrays)
@@ -97,7 +100,8 @@ def load_checkpoint(directory) -> tuple[TrainState, dict]:
         opt_state = jax.tree_util.tree_unflatten(treedef, leaves)
         state = TrainState(meta["iteration"], params, opt_state, z["theta_med"], z["theta_std"], z["E"], z["var_E"],
                            z["included"].astype(bool), _rng_state(meta["rng_state"]), meta["history"],
-                           z["mu_lin"] if "mu_lin" in z.files else None)
+                           z["mu_lin"] if "mu_lin" in z.files else None,
+                           z["theta_fit"] if "theta_fit" in z.files else None)
     return state, meta
 
 

@@ -21,7 +21,10 @@ from ..model import StellarModel, network
 from . import schedule
 from .rebuild import rebuild_all, whitening_all
 
-__all__ = ["TrainConfig", "TrainState", "History", "train", "make_optimizer", "batch_loss"]
+#: Values of ``TrainConfig.latent_theta``.
+LATENT = ("none", "fit", "profile")
+
+__all__ = ["LATENT", "TrainConfig", "TrainState", "History", "train", "make_optimizer", "batch_loss"]
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,20 @@ class TrainConfig:
         the photometry cannot see it) to its maximum-likelihood value under the reddening priors
         (:mod:`photoinfer.train.scale`); the iteration record gives the factor (``R_scale``).
         Off: the paper's alternation alone, along which the scale drifts.
+    latent_theta : {"none", "fit", "profile"}
+        ``"none"``: the paper (the network is fed θ̂; θ errors only weight C_y).  Otherwise every
+        star's θ and E are fitted with the network (:mod:`photoinfer.train.latent`): after every
+        iteration's epochs each (θ_i, E_i) moves to the minimum of its term of the joint objective
+        (``latent_steps`` Levenberg–Marquardt steps) and the network is fed the fitted θ_i with the
+        photometric C_y.  ``"fit"``: the epochs fit the network at fixed (θ_i, E_i);
+        ``"profile"``: each step's loss is the joint objective with (θ_i, E_i) profiled out to
+        second order about the fitted values, the network's Jacobian live
+        (:mod:`photoinfer.train.profile`).
+    latent_steps : int
+        Levenberg–Marquardt steps per star and iteration (5).
+    polish_steps, polish_iterations : int
+        After the epochs of each of the last ``polish_iterations`` iterations, ``polish_steps``
+        full-batch L-BFGS steps on the training loss (:mod:`photoinfer.train.polish`); 0: none.
     """
 
     iterations: int = 20
@@ -98,6 +115,10 @@ class TrainConfig:
     parallax_residual: str = "magnitude"
     theta_denoise: str = "none"
     scale_step: bool = False
+    latent_theta: str = "none"
+    latent_steps: int = 5
+    polish_steps: int = 0
+    polish_iterations: int = 1
 
     def __post_init__(self):
         from .denoise import DENOISE
@@ -106,7 +127,18 @@ class TrainConfig:
         from .parallax import RESIDUALS
         if self.parallax_residual not in RESIDUALS:
             raise ValueError(f"TrainConfig.parallax_residual must be one of {RESIDUALS}, not {self.parallax_residual!r}")
-        for name in ("iterations", "epochs", "batch_size", "n_hidden", "rebuild_batch_size"):
+        if self.latent_theta not in LATENT:
+            raise ValueError(f"TrainConfig.latent_theta must be one of {LATENT}, not {self.latent_theta!r}")
+        if self.latent_theta != "none" and self.theta_denoise != "none":
+            raise ValueError("TrainConfig.latent_theta fits θ per star; it cannot be combined with theta_denoise")
+        if self.polish_steps > 0 and self.latent_theta == "profile":
+            raise ValueError("TrainConfig.polish_steps cannot be combined with latent_theta='profile': the "
+                             "full-batch L-BFGS of the profiled loss hung on 200,000 stars (twice; "
+                             "docs/training.md)")
+        for name in ("polish_steps", "polish_iterations"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("iterations", "epochs", "batch_size", "n_hidden", "rebuild_batch_size", "latent_steps"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
 
@@ -118,7 +150,8 @@ class TrainConfig:
     #: Settings that must agree between a checkpoint and the run resuming it (iterations may grow).
     RESUME_KEYS = ("epochs", "batch_size", "seed", "learning_rate", "lr_decay", "split", "max_sigma_E0_first",
                    "cut_start", "cut_end", "cut_k_end", "n_hidden", "l2_hidden", "l1_extinction",
-                   "init_output_bias", "max_cut_fraction", "parallax_residual", "theta_denoise", "scale_step")
+                   "init_output_bias", "max_cut_fraction", "parallax_residual", "theta_denoise", "scale_step",
+                   "latent_theta", "latent_steps", "polish_steps", "polish_iterations")
 
 
 @dataclass
@@ -139,6 +172,7 @@ class TrainState:
     history : dict with lists ``epochs`` and ``iterations`` (JSON-able records)
     mu_lin : (N,) or None, the distance moduli the parallax residual is linearized about
         (``parallax_residual="parallax"`` after iteration 0; None otherwise)
+    theta_fit : (N, 3) or None, every star's fitted θ (``latent_theta`` after iteration 0; None otherwise)
     """
 
     iteration: int
@@ -152,6 +186,7 @@ class TrainState:
     rng_state: dict
     history: dict = field(default_factory=lambda: {"epochs": [], "iterations": []})
     mu_lin: np.ndarray | None = None
+    theta_fit: np.ndarray | None = None
 
 
 @dataclass
@@ -174,6 +209,7 @@ class History:
     E, sigma_E : (N,) the last reddening update (NaN for unusable stars)
     reduced_chi2 : (N,) the cut's χ²/(n_obs − 1) after the last iteration
     config : dict; timings : dict
+    theta_fit : (N, 3) or None, the fitted θ of every star (``latent_theta``; NaN for unusable stars)
     """
 
     epochs: list
@@ -186,6 +222,7 @@ class History:
     reduced_chi2: np.ndarray
     config: dict
     timings: dict
+    theta_fit: np.ndarray | None = None
 
     def summary(self) -> dict:
         """JSON-able summary (no per-star arrays)."""
@@ -220,7 +257,7 @@ def batch_loss(params, x, E, y, W, w, n_bands: int, l2: float, l1: float):
     return data + network.regularization(params, l2, l1), data
 
 
-def _make_epoch(opt, n_batches: int, batch_size: int, n_bands: int, l2: float, l1: float):
+def _make_epoch(opt, n_batches: int, batch_size: int, n_bands: int, l2: float, l1: float, loss_fn=None):
     """One epoch as a jitted ``lax.scan`` over batches; each step gathers its batch by index.
 
     The shuffle is a numpy permutation of the star indices (drawn outside, once per epoch).
@@ -228,12 +265,14 @@ def _make_epoch(opt, n_batches: int, batch_size: int, n_bands: int, l2: float, l
     shuffled epoch first (1.23 vs 0.45 M star-epochs/s at 2×10⁵ stars) and needs no copy of W.
     """
 
-    def epoch(params, opt_state, x, E, y, W, idx, w):
+    loss_fn = loss_fn or batch_loss
+
+    def epoch(params, opt_state, x, E, y, W, idx, w, aux=()):
         def step(carry, b):
             p, s = carry
             i, wb = b
-            (loss, data), g = jax.value_and_grad(batch_loss, has_aux=True)(p, x[i], E[i], y[i], W[i], wb,
-                                                                           n_bands, l2, l1)
+            (loss, data), g = jax.value_and_grad(loss_fn, has_aux=True)(p, x[i], E[i], y[i], W[i], wb,
+                                                                        *(a[i] for a in aux), n_bands, l2, l1)
             upd, s2 = opt.update(g, s, p)
             p2 = optax.apply_updates(p, upd)
             live = jnp.sum(wb) > 0  # an all-padding batch makes no step
@@ -247,10 +286,12 @@ def _make_epoch(opt, n_batches: int, batch_size: int, n_bands: int, l2: float, l
     return jax.jit(epoch)
 
 
-def _make_eval(n_bands: int, l2: float, l1: float):
+def _make_eval(n_bands: int, l2: float, l1: float, loss_fn=None):
+    loss_fn = loss_fn or batch_loss
+
     @jax.jit
-    def evaluate(params, x, E, y, W, idx, w):
-        return batch_loss(params, x[idx], E[idx], y[idx], W[idx], w, n_bands, l2, l1)
+    def evaluate(params, x, E, y, W, idx, w, aux=()):
+        return loss_fn(params, x[idx], E[idx], y[idx], W[idx], w, *(a[idx] for a in aux), n_bands, l2, l1)
     return evaluate
 
 
@@ -343,8 +384,13 @@ def train(cat: Catalog, config: TrainConfig = TrainConfig(), *, init: StellarMod
             data = linearized_data(data, px, state.mu_lin)
     mu_lin = state.mu_lin
     med32, std32 = jnp.asarray(state.theta_med, jnp.float32), jnp.asarray(state.theta_std, jnp.float32)
-    x_all = jnp.asarray(np.nan_to_num(np.asarray(network.standardize(np.asarray(data.theta), state.theta_med,
-                                                                       state.theta_std))), jnp.float32)
+    theta_fit = state.theta_fit
+
+    def standardized(theta):
+        return jnp.asarray(np.nan_to_num(np.asarray(network.standardize(np.asarray(theta), state.theta_med,
+                                                                          state.theta_std))), jnp.float32)
+
+    x_all = standardized(data.theta if theta_fit is None else theta_fit)
     train_pool = np.flatnonzero(usable & (split == schedule.TRAIN))
     val_pool = np.flatnonzero(usable & (split == schedule.VALIDATION))
     if len(train_pool) == 0:
@@ -354,6 +400,12 @@ def train(cat: Catalog, config: TrainConfig = TrainConfig(), *, init: StellarMod
     opt = make_optimizer(cfg.learning_rate)
     epoch_fn = _make_epoch(opt, n_batches, bs, B, cfg.l2_hidden, cfg.l1_extinction)
     eval_fn = _make_eval(B, cfg.l2_hidden, cfg.l1_extinction)
+    plain_fns, loss_fn, aux = (epoch_fn, eval_fn), None, ()
+    if cfg.latent_theta == "profile":  # from iteration 1 on (after the first joint fit): the profiled loss
+        from .profile import profile_aux, profile_batch_loss
+        profile_fns = (_make_epoch(opt, n_batches, bs, B, cfg.l2_hidden, cfg.l1_extinction, profile_batch_loss),
+                       _make_eval(B, cfg.l2_hidden, cfg.l1_extinction, profile_batch_loss))
+        profile_arrays = profile_aux(data, state.theta_med, state.theta_std)
     val_idx = jnp.asarray(val_pool if len(val_pool) else train_pool[:1], jnp.int32)
     rng = np.random.default_rng()
     rng.bit_generator.state = state.rng_state
@@ -367,10 +419,18 @@ def train(cat: Catalog, config: TrainConfig = TrainConfig(), *, init: StellarMod
     for k in range(state.iteration, cfg.iterations):
         t0 = time.perf_counter()
         if W_dev is None:  # iteration 0, or the first iteration after a resume
-            W_dev = jnp.asarray(whitening_all(params, med32, std32, data, E, np.sqrt(var_E), first=(k == 0),
-                                              batch_size=cfg.rebuild_batch_size))
+            if theta_fit is not None:  # latent θ: the photometric whitening (no J, no σ_E)
+                from .latent import photometric_whitening_all
+                W_dev = jnp.asarray(photometric_whitening_all(data, cfg.rebuild_batch_size))
+            else:
+                W_dev = jnp.asarray(whitening_all(params, med32, std32, data, E, np.sqrt(var_E), first=(k == 0),
+                                                  batch_size=cfg.rebuild_batch_size))
         E_dev = jnp.asarray(E, jnp.float32)
         y_all = data.y_hat
+        if cfg.latent_theta == "profile" and theta_fit is not None:
+            (epoch_fn, eval_fn), loss_fn, aux = profile_fns, profile_batch_loss, profile_arrays
+        else:
+            (epoch_fn, eval_fn), loss_fn, aux = plain_fns, None, ()
         train_idx = train_pool[included[train_pool]]
         val_w = jnp.asarray(included[np.asarray(val_idx)] & (len(val_pool) > 0), jnp.float32)
         lr = schedule.learning_rate(k, cfg.learning_rate, cfg.lr_decay)
@@ -384,9 +444,9 @@ def train(cat: Catalog, config: TrainConfig = TrainConfig(), *, init: StellarMod
             idx = np.zeros(n_batches * bs, np.int32)
             idx[:len(train_idx)] = train_idx[rng.permutation(len(train_idx))]
             params, opt_state, loss, chi2b, nb = epoch_fn(params, opt_state, x_all, E_dev, y_all, W_dev,
-                                                          jnp.asarray(idx), w)
+                                                          jnp.asarray(idx), w, aux)
             loss, chi2b, nb = np.asarray(loss), np.asarray(chi2b), np.asarray(nb)
-            vloss, vchi2 = eval_fn(params, x_all, E_dev, y_all, W_dev, val_idx, val_w)
+            vloss, vchi2 = eval_fn(params, x_all, E_dev, y_all, W_dev, val_idx, val_w, aux)
             rec = {"iteration": k, "epoch": e, "learning_rate": lr,
                    "train_loss": float(np.sum(loss * nb) / max(nb.sum(), 1)),
                    "train_chi2": float(np.sum(chi2b * nb) / max(nb.sum(), 1)),
@@ -394,23 +454,45 @@ def train(cat: Catalog, config: TrainConfig = TrainConfig(), *, init: StellarMod
             history["epochs"].append(rec)
             if callback is not None:
                 callback("epoch", None, rec)
+        polish = None
+        if cfg.polish_steps > 0 and k >= cfg.iterations - cfg.polish_iterations:
+            from .polish import lbfgs_polish
+            tp = time.perf_counter()
+            ti = jnp.asarray(train_idx, jnp.int32)
+            params, pl, pf = lbfgs_polish(params, x_all[ti], E_dev[ti], y_all[ti], W_dev[ti], B, cfg.l2_hidden,
+                                          cfg.l1_extinction, cfg.polish_steps, loss_fn, [a[ti] for a in aux])
+            vloss, _ = eval_fn(params, x_all, E_dev, y_all, W_dev, val_idx, val_w, aux)
+            polish = {"loss_before": float(pl[0]), "loss_after": float(pf), "val_loss_after": float(vloss),
+                      "seconds": time.perf_counter() - tp}
         t_rebuild = time.perf_counter()
         epochs_s = t_rebuild - t_epochs
         W_dev = None
         r_scale = 1.0
         if cfg.scale_step:  # the E·R scale at its maximum likelihood (before relinearizing y₁ and the rebuild)
             from .scale import apply_scale, best_scale, photometric_reddening
-            q, b = photometric_reddening(params, med32, std32, data, cfg.rebuild_batch_size)
+            d_scale = data if theta_fit is None else data._replace(
+                theta=jnp.asarray(theta_fit, jnp.float32), theta_cov=jnp.zeros_like(data.theta_cov))
+            q, b = photometric_reddening(params, med32, std32, d_scale, cfg.rebuild_batch_size)
             sel = train_pool[included[train_pool]]
             r_scale = best_scale(q[sel], b[sel], np.asarray(data.E0)[sel], np.asarray(data.sigma_E0)[sel])
             params = apply_scale(params, r_scale)
+        if cfg.latent_theta != "none" and theta_fit is None:  # the joint fit starts at (θ̂, E₀)
+            theta_fit = np.asarray(data.theta, np.float64)
+        E_start = np.asarray(E, np.float64) / r_scale  # (E·R unchanged by the scale step)
         if px is not None:  # relinearize the parallax residual about the current model (at the current E)
-            mu_lin = model_distance_modulus(params, med32, std32, px.mag_ref, np.asarray(data.theta), E)
+            mu_lin = model_distance_modulus(params, med32, std32, px.mag_ref,
+                                            np.asarray(data.theta if theta_fit is None else theta_fit), E_start)
             data = linearized_data(data, px, mu_lin)
-        E_new, var_new, W_host, red, _ = rebuild_all(params, med32, std32, data, cfg.rebuild_batch_size)
+        if cfg.latent_theta != "none":
+            from .latent import joint_fit_all
+            theta_fit, E_new, var_new, W_host, red, _ = joint_fit_all(params, med32, std32, data, theta_fit, E_start,
+                                                                      cfg.latent_steps, cfg.rebuild_batch_size)
+            x_all = standardized(theta_fit)
+        else:
+            E_new, var_new, W_host, red, _ = rebuild_all(params, med32, std32, data, cfg.rebuild_batch_size)
         W_dev = jnp.asarray(W_host)
         del W_host
-        dE = (E_new - E)[usable]
+        dE = (E_new - E_start)[usable]
         thr = schedule.cut_threshold(k, cfg.cut_start, cfg.cut_end, cfg.cut_k_end)
         pool_red = red[train_pool]
         raised = bool(np.mean(~(pool_red <= thr)) > cfg.max_cut_fraction)
@@ -427,22 +509,27 @@ def train(cat: Catalog, config: TrainConfig = TrainConfig(), *, init: StellarMod
                 "dE_rms": float(np.sqrt(np.mean(dE ** 2))) if len(dE) else 0.0,
                 "dE_max_abs": float(np.max(np.abs(dE))) if len(dE) else 0.0,
                 "train_loss": history["epochs"][-1]["train_loss"], "val_loss": history["epochs"][-1]["val_loss"],
-                "R_scale": r_scale, "n_parallax": int(np.asarray(data.y_obs)[usable, 0].sum()), "epochs_seconds": epochs_s, "rebuild_seconds": time.perf_counter() - t_rebuild
+                "R_scale": r_scale, "polish": polish, "n_parallax": int(np.asarray(data.y_obs)[usable, 0].sum()), "epochs_seconds": epochs_s, "rebuild_seconds": time.perf_counter() - t_rebuild
                 + (t_epochs - t0), "star_epochs_per_second": len(train_idx) * cfg.epochs / epochs_s}
         history["iterations"].append(irec)
         state = TrainState(k + 1, params, opt_state, state.theta_med, state.theta_std, E, var_E, included,
-                           rng.bit_generator.state, history, mu_lin)
+                           rng.bit_generator.state, history, mu_lin, theta_fit)
         if callback is not None:
             callback("iteration", state, irec)
 
     if not np.isfinite(red).any():  # nothing trained in this call (resumed a finished run): recompute
-        _, _, _, red, _ = rebuild_all(params, med32, std32, data, cfg.rebuild_batch_size)
+        if theta_fit is not None:
+            from .latent import joint_fit_all
+            red = joint_fit_all(params, med32, std32, data, theta_fit, E, 0, cfg.rebuild_batch_size)[4]
+        else:
+            _, _, _, red, _ = rebuild_all(params, med32, std32, data, cfg.rebuild_batch_size)
     timings = {"total_seconds": time.perf_counter() - t_start,
                "epochs_seconds": float(sum(r["epochs_seconds"] for r in history["iterations"])),
                "rebuild_seconds": float(sum(r["rebuild_seconds"] for r in history["iterations"]))}
     hist = History(history["epochs"], history["iterations"], split, usable, included,
                    np.where(usable, E, np.nan), np.where(usable, np.sqrt(var_E), np.nan),
-                   np.where(usable, red, np.nan), cfg.to_dict(), timings)
+                   np.where(usable, red, np.nan), cfg.to_dict(), timings,
+                   None if theta_fit is None else np.where(usable[:, None], theta_fit, np.nan))
     model = StellarModel(params=jax.tree_util.tree_map(np.asarray, params), theta_med=np.asarray(state.theta_med),
                          theta_std=np.asarray(state.theta_std), bands=cat.bands)
     validity = None

@@ -1,0 +1,91 @@
+"""The profiled joint objective (``latent_theta="profile"``): each star's θ and E profiled out to second
+order inside every training step.
+
+With ``latent_theta="fit"`` (:mod:`photoinfer.train.latent`) the epochs fit the network at fixed
+per-star (θ_i, E_i) and the rebuild then moves them: block-coordinate descent, which converges slowly
+where the photometry informs θ more than θ̂ does (main-sequence stars with a parallax: each (θ_i, E_i)
+follows the network, so the network has little reason to move — measured: from scratch it stays
+far from the truth, started at the truth it stays near it).  Here the loss of star i is instead its
+term of the joint objective minimized over (θ_i, E_i) in the Gauss–Newton approximation about the
+last fitted (θ*, E*), with the network's Jacobian J = ∂[A M + E A R]/∂(θ, E) at (θ*, E*) *live*
+(differentiated with the rest):
+
+    r₀ = W (ŷ − A M(θ*) − E* A R(θ*)),   d = (θ̂ − θ*, E₀ − E*),   Λ = diag(C_θ⁻¹, 1/σ²_E₀)
+    H = (W J)ᵀ(W J) + Λ,   g = (W J)ᵀ r₀ + Λ d
+    loss_i = ‖r₀‖² + dᵀΛd − gᵀ H⁻¹ g        (= min over δ of ‖r₀ − W J δ‖² + (δ − d)ᵀ Λ (δ − d))
+
+Its gradient with respect to the network is that of the profile likelihood to first order, so the
+network may move along directions where the stars' θ and E follow it.  At θ* = θ̂ and E* = E₀ with
+J frozen this is the paper's loss with C_y = C_phot + J C_θ Jᵀ + σ²_E₀ (AR)(AR)ᵀ (Woodbury); the paper
+freezes J in C_y, which makes its fit a weighted regression on θ̂ (attenuated), while the profile
+with a live J is the Deming-type (functional maximum-likelihood) estimator.  In standardized θ
+(x = (θ − med)/std), Λ's θ block is diag(std) C_θ⁻¹ diag(std).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from ..model import network
+
+__all__ = ["star_profile_loss", "profile_batch_loss", "profile_aux"]
+
+
+def star_profile_loss(params, x_star, E_star, x_hat, Lam_x, E0, ivar_E0, y, W):
+    """One star's profiled loss (module docstring).
+
+    Parameters
+    ----------
+    x_star : (3,) standardized fitted θ*; E_star : () fitted E*
+    x_hat : (3,) standardized θ̂; Lam_x : (3, 3) its precision in standardized units
+    E0, ivar_E0 : () reddening prior mean and 1/σ²_E₀
+    y : (B,) ŷ; W : (B, B) photometric whitening factor
+
+    Returns
+    -------
+    loss : () (χ² units), data_chi2 : () ‖r₀‖² (the fit at (θ*, E*) alone)
+    """
+    def f(z):
+        x, e = z[:3], z[3]
+        return network.colour_basis_absolute(params, x) + e * network.to_colour_basis(network.extinction_vector(params, x))
+
+    z = jnp.concatenate([x_star, jnp.reshape(E_star, (1,))])
+    ym, J = f(z), jax.jacfwd(f)(z)
+    r0 = W @ (y - ym)
+    WJ = W @ J
+    Lam = jnp.zeros((4, 4), r0.dtype).at[:3, :3].set(Lam_x).at[3, 3].set(ivar_E0)
+    d = jnp.concatenate([x_hat - x_star, jnp.reshape(E0 - E_star, (1,))])
+    H = WJ.T @ WJ + Lam
+    g = WJ.T @ r0 + Lam @ d
+    chi2 = r0 @ r0
+    return chi2 + d @ Lam @ d - g @ jnp.linalg.solve(H, g), chi2
+
+
+def profile_batch_loss(params, x, E, y, W, w, x_hat, Lam_x, E0, ivar_E0, n_bands: int, l2: float, l1: float):
+    """Σ w loss_i/B / Σ w + regularization over a batch (as :func:`~photoinfer.train.loop.batch_loss`).
+
+    x, E : the fitted (θ*, E*) (standardized θ); the rest per star as :func:`star_profile_loss`.
+    Returns (loss, data) with data the batch mean of loss_i/B.
+    """
+    li, _ = jax.vmap(lambda *a: star_profile_loss(params, *a))(x, E, x_hat, Lam_x, E0, ivar_E0, y, W)
+    li = jnp.where(w > 0, li, 0.0)
+    data = jnp.sum(w * li) / jnp.maximum(jnp.sum(w), 1.0) / n_bands
+    return data + network.regularization(params, l2, l1), data
+
+
+def profile_aux(data, theta_med, theta_std):
+    """The per-star constants of the profiled loss: (x̂ (N, 3), Λ_x (N, 3, 3), E₀ (N,), 1/σ²_E₀ (N,)),
+    float32, finite (a star with a singular C_θ or no prior gets Λ_x = I, 1/σ²_E₀ = 1; such stars are
+    never trained on, but a non-finite value would poison the gradient through the batch padding)."""
+    import numpy as np
+    th = np.asarray(data.theta, np.float64)
+    med, std = np.asarray(theta_med, np.float64), np.asarray(theta_std, np.float64)
+    x_hat = (th - med) / std
+    cov = np.asarray(data.theta_cov, np.float64) / np.outer(std, std)
+    ok = np.isfinite(cov).all(axis=(1, 2)) & (np.linalg.det(np.where(np.isfinite(cov), cov, 1.0)) > 0)
+    lam = np.broadcast_to(np.eye(3), cov.shape).copy()
+    lam[ok] = np.linalg.inv(cov[ok])
+    s = np.asarray(data.sigma_E0, np.float64)
+    ivar = np.where(np.isfinite(s) & (s > 0), 1.0 / np.where(s > 0, s, 1.0) ** 2, 1.0)
+    f32 = lambda a: jnp.asarray(np.nan_to_num(a), jnp.float32)  # noqa: E731
+    return f32(x_hat), f32(lam), f32(data.E0), f32(ivar)
