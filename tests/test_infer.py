@@ -315,3 +315,16 @@ def test_combine_modes_weights_and_within_mode_rhat(released_model, prior):
     w1 = w[0, 1]
     in_mode1 = np.abs(out["logg"][:, :, 0] - samples["logg"][1, 0, 0]) < np.abs(out["logg"][:, :, 0] - samples["logg"][0, 0, 0])
     assert np.mean(in_mode1) == pytest.approx(w1, abs=1.0 / (C * S))    # systematic resampling: to one draw
+
+
+def test_first_round_tree_depth(released_model, prior, small_fit):
+    """The first round's trees stop at ``max_num_doublings`` (default 5: ≤ 31 leapfrog steps per draw,
+    what keeps a lockstep batch from waiting on its longest lane); the refinement rounds get
+    ``refine_max_num_doublings``."""
+    from photoinfer.infer.fit import fit_catalog
+    cat, refined = small_fit
+    res = fit_catalog(released_model, cat.subset(np.arange(1)), prior=prior, num_warmup=W, num_samples=S,
+                      batch_size=1, seed=seed(), refine=0, max_num_doublings=3)
+    assert np.nanmax(res.sample_stats["n_steps"]) <= 2 ** 3 - 1
+    assert res.attrs["max_num_doublings"] == 3
+    assert refined.attrs["max_num_doublings"] == 5 and refined.attrs["refine_max_num_doublings"] == 8
