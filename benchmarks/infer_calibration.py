@@ -29,7 +29,9 @@ def main():
     ap.add_argument("--e-max", type=float, default=2.0)
     ap.add_argument("--batch-size", type=int, default=25)
     ap.add_argument("--reparam", default="mu_E", choices=("mu_E", "mu", "none"))
-    ap.add_argument("--refine", type=int, default=1, help="refinement rounds for unconverged stars (0: none)")
+    ap.add_argument("--refine", type=int, default=2, help="refinement rounds for unconverged stars (0: none)")
+    ap.add_argument("--no-guide", action="store_true",
+                    help="NUTS with its own initialization and no grid guide (the sampler before session 5)")
     ap.add_argument("--out", default="infer_calibration.json")
     args = ap.parse_args()
     from photoinfer.infer.fit import fit_catalog
@@ -41,9 +43,14 @@ def main():
     prior = build_prior(model, E_max=args.e_max)
     cat = mock_catalog(model, prior, args.n, args.seed, sightlines=SIGHTLINES)
     t = time.perf_counter()
+    init = guide = None
+    if not args.no_guide:   # what `photoinfer fit --method nuts` does: the grid starts and guides the chains
+        from photoinfer.grid.methods import grid_start
+        init, guide, _ = grid_start(model, cat, prior, num_chains=4, num_samples=args.num_samples, seed=args.seed)
+    grid_seconds = time.perf_counter() - t
     res = fit_catalog(model, cat, prior=prior, num_warmup=args.num_warmup, num_samples=args.num_samples,
                       seed=args.seed, target_accept=args.target_accept, batch_size=args.batch_size,
-                      adaptation=args.adaptation, reparam=args.reparam, refine=args.refine)
+                      adaptation=args.adaptation, reparam=args.reparam, refine=args.refine, init=init, guide=guide)
     seconds = time.perf_counter() - t
     s = res.summary
     ok = np.isfinite(s["ess_bulk_min"])
@@ -52,9 +59,11 @@ def main():
     multi = (np.asarray(res.flags) & int(Flag.MULTIMODAL)) != 0
     uni = ok & ~multi
     out = {"model": model_path().name, "n": args.n, "n_fit": n_ok, "seconds": round(seconds, 1),
+           "grid_seconds": round(grid_seconds, 1), "guided": not args.no_guide,
            "prior": f"bayestar along {len(SIGHTLINES)} sightlines {SIGHTLINES}, E flat on [0, {args.e_max}]",
            "target_accept": args.target_accept, "batch_size": args.batch_size, "adaptation": args.adaptation,
            "reparam": args.reparam, "refine": args.refine, "refined_stars": res.attrs["refined_stars"],
+           "refined_per_round": res.attrs["refined_per_round"],
            "frac_multimodal": float(np.mean(multi[ok])),
            "frac_both_unimodal": float(np.mean((s["rhat_max"][uni] <= 1.01) & (s["ess_bulk_min"][uni] >= 200))),
            "frac_in_validity_truth": float(np.mean(np.asarray(prior.prior.stellar.in_valid_region(
@@ -69,7 +78,8 @@ def main():
            "divergences_per_star": float(np.mean(s["n_divergent"][ok])),
            "frac_rhat_le_1.02": float(np.mean(s["rhat_max"][ok] <= 1.02)),
            "frac_rhat_le_1.05": float(np.mean(s["rhat_max"][ok] <= 1.05)),
-           "mean_leapfrog_steps": float(np.mean(res.sample_stats["n_steps"][..., ok]))}
+           "mean_leapfrog_steps": float(np.mean(res.sample_stats["n_steps"][..., ok])),
+           "guide_accept": float(np.mean(res.sample_stats["guide_accept"][..., ok]))}
     print(out)
     write_json(args.out, out)
     # per-star truth, 68/95 % intervals and diagnostics for follow-up analysis (not committed)

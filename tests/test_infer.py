@@ -113,12 +113,12 @@ def test_padding_does_not_change_real_stars(released_model, prior, small_fit):
 
 
 def test_refinement_round(released_model, prior, small_fit):
-    """Tiny chains (4 × 30 draws) cannot reach ESS 200: both fit stars get the refinement round, and
-    its chains start at pooled first-round draws with the pooled covariance as metric."""
+    """Tiny chains (4 × 30 draws) cannot reach ESS 200: both fit stars get both refinement rounds (the
+    default, 2), and their chains start at pooled earlier draws with the pooled covariance as metric."""
     from photoinfer.infer.fit import refinement_init
     from photoinfer.infer.model import model_arrays, unconstrain
     cat, res = small_fit
-    assert res.attrs["refined_stars"] == 2
+    assert res.attrs["refined_per_round"] == [2, 2] and res.attrs["refined_stars"] == 4
     assert np.isfinite(res.samples["teff"][..., :2]).all() and res.samples["teff"].shape == (4, S, 3)
     rng = np.random.default_rng(seed())
     C, N = 3, 4

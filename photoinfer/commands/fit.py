@@ -9,14 +9,17 @@ Fit every star of a catalog with the stellar model: the posterior of (Teff, logg
 distance modulus mu, reddening E) given its magnitudes, its parallax when there is one (any
 S/N, negative included) and a Galactic prior (position-free when the catalog has no l, b).
 Methods (--method):
-  nuts       each star gets its own NUTS chains (default 4), started in every plausible mode
-             (dwarf and giant) found on a coarse grid
+  nuts       each star gets its own NUTS chains (default 4), started in every mode (dwarf and
+             giant) that the grid posterior finds, and after every NUTS step offered a jump to
+             a point proposed from the grid's draws (accepted by Metropolis-Hastings), so that
+             chains move between modes (docs/inference.md, "The grid guide"; --no-guide: plain
+             NUTS started from its own coarse candidate grid)
   grid       brute-force grid posterior (a theta grid over the stellar prior's support, mu and
              E solved in closed form, theta continuous within each cell, parallax and priors
              weighed exactly): far faster than NUTS (docs/grid.md)
   grid+nuts  the grid for every star, then NUTS only where the grid's effective sample size is
-             below --min-grid-ess (or for every star with --exact), its chains started in every
-             mode the grid found (the default)
+             below --min-grid-ess (or for every star with --exact), started and guided by the
+             grid as for nuts (the default)
 
 Writes, in --out:
   summary.parquet  one row per input star: source_id, flags, 16/50/84 % of each parameter
@@ -62,8 +65,12 @@ def add_arguments(p) -> None:
     p.add_argument("--num-samples", type=int, default=250, metavar="N", help="draws kept per chain (default 250)")
     p.add_argument("--num-chains", type=int, default=4, metavar="N", help="chains per star (default 4)")
     p.add_argument("--no-refine", action="store_true",
-                   help="NUTS: no second round for stars that miss r-hat <= 1.01 or ESS >= 200 (by default they are "
-                        "sampled again with twice the warm-up, twice the steps thinned by 2, target acceptance 0.95)")
+                   help="NUTS: no further rounds for stars that miss r-hat <= 1.01 or ESS >= 200 (by default they are "
+                        "sampled again, up to twice, each round with twice the warm-up, twice the steps thinned by "
+                        "2, target acceptance 0.95)")
+    p.add_argument("--no-guide", action="store_true",
+                   help="NUTS: no jumps proposed from the grid's draws (and, with --method nuts, no grid at all: "
+                        "chains start from NUTS's own candidate grid)")
     p.add_argument("--prior", choices=("bayestar", "brutus"), default="bayestar",
                    help="Galactic prior parameter set (default bayestar)")
     p.add_argument("--dust", choices=("flat", "gaussian"), default="flat",
@@ -121,7 +128,7 @@ def run(args) -> int:
                                   use_position=not args.no_position, dust=args.dust, E_max=args.e_max,
                                   callback=progress, grid=args.grid, min_grid_ess=args.min_grid_ess,
                                   exact=args.exact, images=bins, grid_settings=grid_settings(args),
-                                  refine=not args.no_refine)
+                                  refine=0 if args.no_refine else 2, guide=not args.no_guide)
     bar.n = bar.total  # the grid reports no intermediate progress: show it complete
     bar.close()
     write_summary(res.summary, out / "summary.parquet")

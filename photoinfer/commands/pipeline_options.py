@@ -78,8 +78,8 @@ def fit_function(args) -> tuple:
     if args.method != "grid":
         settings |= {"num_warmup": args.num_warmup, "num_samples": args.num_samples, "num_chains": args.num_chains,
                      "batch_size": min(args.batch_size or DEFAULT_BATCH["nuts"], DEFAULT_BATCH["nuts"]),
-                     "refine": not args.no_refine}
-    if args.method != "nuts":
+                     "refine": 0 if args.no_refine else 2, "guide": not args.no_guide}
+    if args.method != "nuts" or not args.no_guide:
         settings |= {"grid": args.grid, "grid_settings": grid_settings_dict(args)}
     if args.method == "grid+nuts":
         settings |= {"min_grid_ess": args.min_grid_ess, "exact": args.exact}

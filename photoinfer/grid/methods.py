@@ -1,11 +1,14 @@
 """One entry point for the three fitting methods: ``grid``, ``nuts`` and ``grid+nuts``.
 
 - ``grid``: :func:`photoinfer.grid.posterior.grid_posterior` (fast; θ resolved to the grid spacing).
-- ``nuts``: :func:`photoinfer.infer.fit.fit_catalog` (per-star NUTS with its own initialization).
+- ``nuts``: :func:`photoinfer.infer.fit.fit_catalog` for every star, started and guided by the grid
+  (:func:`grid_start`); ``guide=False``: NUTS with its own initialization, no grid.
 - ``grid+nuts``: the grid for every star; NUTS only for the stars whose grid effective sample size is
-  below ``min_grid_ess`` (or whose grid fit failed), or for all with ``exact=True``.  Those chains
-  start in every mode the grid finds (:func:`~photoinfer.grid.engine.initial_points`), with the
-  mode's local covariance as the initial inverse mass matrix.
+  below ``min_grid_ess`` (or whose grid fit failed), or for all with ``exact=True``.
+
+Grid-started NUTS chains start in every mode the grid finds (:func:`~photoinfer.grid.engine.initial_points`),
+with the mode's local covariance as the initial inverse mass matrix, and alternate NUTS transitions with
+independence Metropolis–Hastings moves proposed from the star's grid draws (:mod:`photoinfer.infer.guide`).
 
 Both methods use the same prior object (:func:`photoinfer.infer.prior.build_prior`), so the grid
 and NUTS posteriors are of the same model.  The result is one :class:`~photoinfer.fitresult.FitResult`
@@ -19,7 +22,7 @@ import numpy as np
 
 from ..fitresult import FitResult
 
-__all__ = ["METHODS", "fit_with_method", "nuts_init_from_grid"]
+__all__ = ["METHODS", "fit_with_method", "grid_start", "guide_from_grid", "nuts_init_from_grid"]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +64,66 @@ def nuts_init_from_grid(initial, arrays, E_max: float, max_logit_var: float = 4.
     z0[bad] = 0.0
     cov[bad] = np.eye(5)
     return z0.astype(np.float32), cov.astype(np.float32)
+
+
+def guide_from_grid(samples: dict, arrays, E_max: float, n_centres: int = 512, seed: int = 0) -> np.ndarray:
+    """The grid guide's centres: ``n_centres`` of each star's grid draws, unconstrained.
+
+    Parameters
+    ----------
+    samples : dict name -> (chain, draw, N) the grid's equal-weight draws of teff, logg, feh, mu, E
+    arrays : ModelArrays (θ standardization of the sampler)
+    E_max : float, the upper bound of E
+    n_centres : int, draws kept per star (picked at random without replacement)
+    seed : int
+
+    Returns
+    -------
+    (N, n_centres, 5) float32 in the sampler's unconstrained coordinates (x, μ, logit(E/E_max));
+    NaN for stars without grid draws (their guide's moves are then never accepted).
+    """
+    from ..fitresult import PARAMETERS
+    d = np.stack([np.asarray(samples[p], np.float64) for p in PARAMETERS], -1)      # (C, S, N, 5)
+    d = np.moveaxis(d.reshape(-1, d.shape[2], 5), 1, 0)                             # (N, D, 5)
+    rng = np.random.default_rng(seed)
+    pick = np.argsort(rng.random(d.shape[:2]), axis=1)[:, :min(n_centres, d.shape[1])]
+    d = np.take_along_axis(d, pick[..., None], axis=1)
+    med, std = np.asarray(arrays.theta_med, np.float64), np.asarray(arrays.theta_std, np.float64)
+    e = np.clip(d[..., 4] / E_max, 1e-6, 1 - 1e-6)
+    z = np.concatenate([(d[..., :3] - med) / std, d[..., 3:4], np.log(e / (1 - e))[..., None]], -1)
+    return z.astype(np.float32)
+
+
+def grid_start(model, catalog, prior, *, num_chains: int = 4, num_samples: int = 500, n_centres: int = 512,
+               seed: int = 0, grid: str = "coarse", grid_settings=None, use_parallax: bool = True,
+               use_position: bool = True, images=None):
+    """Run the grid and turn it into NUTS starting points, metrics and the guide.
+
+    Parameters
+    ----------
+    model : StellarModel; catalog : Catalog
+    prior : InferencePrior (the one NUTS samples)
+    num_chains, num_samples : the NUTS chains to seed (the grid draws num_chains × num_samples per star)
+    n_centres : grid draws per star that the guide is built on
+    seed, grid, grid_settings, use_parallax, use_position, images : as :func:`fit_with_method`
+
+    Returns
+    -------
+    init : (z0 (N, C, 5), inv_mass (N, C, 5, 5)) for :func:`~photoinfer.infer.fit.fit_catalog`
+    guide : (N, n_centres, 5) centres for :func:`~photoinfer.infer.fit.fit_catalog`
+    gf : GridFit
+    """
+    from dataclasses import replace
+
+    from ..infer.model import model_arrays
+    from .posterior import GridSettings
+    settings = replace(grid_settings if grid_settings is not None else GridSettings(),
+                       n_draws=int(num_chains) * int(num_samples))
+    gf = _grid_fit(model, catalog, prior.prior, spacing=grid, settings=settings, seed=seed, images=images,
+                   n_chains=int(num_chains), use_parallax=use_parallax, use_position=use_position)
+    arrays = model_arrays(model)
+    init = nuts_init_from_grid(gf.initial, arrays, prior.E_max)
+    return init, guide_from_grid(gf.fit.samples, arrays, prior.E_max, n_centres, seed), gf
 
 
 def _prior(model, name, dust, E_max):
@@ -117,7 +180,7 @@ def fit_with_method(model, catalog, method: str = "nuts", *, prior: str = "bayes
                     E_max: float | None = None, use_parallax: bool = True, use_position: bool = True, seed: int = 0,
                     grid: str = "coarse", grid_settings=None, min_grid_ess: float = 200.0, exact: bool = False,
                     images=None, num_warmup: int = 300, num_samples: int = 250, num_chains: int = 4,
-                    batch_size: int = 25, callback=None, refine: bool = True):
+                    batch_size: int = 25, callback=None, refine: int = 2, guide: bool = True):
     """Fit every star of ``catalog`` with ``method`` (see the module docstring).
 
     Parameters
@@ -136,6 +199,9 @@ def fit_with_method(model, catalog, method: str = "nuts", *, prior: str = "bayes
         Also return the grid's per-star (μ, E) images (methods grid and grid+nuts).
     num_warmup, num_samples, num_chains, batch_size, refine : NUTS settings (see
         :func:`~photoinfer.infer.fit.fit_catalog`)
+    guide : bool
+        NUTS chains are started and guided by the grid (:func:`grid_start`); False: method "nuts" runs
+        without the grid (its own initialization), grid+nuts's chains start from the grid unguided.
 
     Returns
     -------
@@ -143,12 +209,9 @@ def fit_with_method(model, catalog, method: str = "nuts", *, prior: str = "bayes
         of stars NUTS ran for
     images : (N, nμ, nE) float32 or None
     """
-    from dataclasses import replace
-
+    from ..catalog import INFERENCE_UNUSABLE, Flag
     from ..infer.fit import fit_catalog
-    from ..infer.model import model_arrays
     from ..infer.prior import InferencePrior
-    from .posterior import GridSettings
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
     if images is not None and method == "nuts":
@@ -157,32 +220,35 @@ def fit_with_method(model, catalog, method: str = "nuts", *, prior: str = "bayes
     nuts_kw = dict(prior=ip, dust=dust, E_max=E_max, use_parallax=use_parallax, use_position=use_position,
                    seed=seed, num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
                    batch_size=batch_size, callback=callback, refine=refine)
-    if method == "nuts":
+    if method == "nuts" and not guide:
         res = fit_catalog(model, catalog, **nuts_kw)
         res.attrs["nuts_stars"] = int(np.sum(np.isfinite(res.summary["teff_p50"])))
         return res, None
-    settings = grid_settings if grid_settings is not None else GridSettings()
     C, S = int(num_chains), int(num_samples)
-    if method == "grid+nuts":
-        settings = replace(settings, n_draws=C * S)
-    gf = _grid_fit(model, catalog, ip.prior, spacing=grid, settings=settings, seed=seed, images=images,
-                   n_chains=C if method == "grid+nuts" else 0, use_parallax=use_parallax, use_position=use_position)
+    if method == "grid":
+        from .posterior import GridSettings
+        gf = _grid_fit(model, catalog, ip.prior, spacing=grid, settings=grid_settings or GridSettings(), seed=seed,
+                       images=images, n_chains=0, use_parallax=use_parallax, use_position=use_position)
+    else:
+        (z0, inv_mass), centres, gf = grid_start(model, catalog, ip, num_chains=C, num_samples=S, seed=seed,
+                                                 grid=grid, grid_settings=grid_settings, use_parallax=use_parallax,
+                                                 use_position=use_position, images=images)
     res = gf.fit
     res.attrs.update(prior=ip.name, dust_prior=dust, E_max=ip.E_max, grid=str(grid), seed=int(seed), nuts_stars=0)
     if method == "grid":
         return res, gf.images
-    from ..catalog import INFERENCE_UNUSABLE, Flag
     flags = np.asarray(catalog.flags, np.int64)
     usable = (flags & int(INFERENCE_UNUSABLE)) == 0
-    redo = usable & (exact | ~(gf.ess >= min_grid_ess) | ((res.flags & int(Flag.FIT_FAILED)) != 0))
+    redo = usable & (exact | (method == "nuts") | ~(gf.ess >= min_grid_ess)
+                     | ((res.flags & int(Flag.FIT_FAILED)) != 0))
     res = _as_chains(res, C, S)
     idx = np.flatnonzero(redo)
-    log.info("grid+nuts: NUTS for %d of %d stars (grid ESS < %g%s)", len(idx), len(catalog), min_grid_ess,
-             ", --exact" if exact else "")
+    log.info("%s: NUTS for %d of %d stars%s", method, len(idx), len(catalog),
+             f" (grid ESS < {min_grid_ess:g}{', --exact' if exact else ''})" if method == "grid+nuts" else "")
     if len(idx) == 0:
         return res, gf.images
-    z0, inv_mass = nuts_init_from_grid(gf.initial, model_arrays(model), ip.E_max)
-    nres = fit_catalog(model, catalog.subset(idx), **nuts_kw, init=(z0[idx], inv_mass[idx]))
+    nres = fit_catalog(model, catalog.subset(idx), **nuts_kw, init=(z0[idx], inv_mass[idx]),
+                       guide=centres[idx] if guide else None)
     for k in res.samples:
         res.samples[k][..., idx] = nres.samples[k]
     stats = {}
@@ -209,7 +275,8 @@ def fit_with_method(model, catalog, method: str = "nuts", *, prior: str = "bayes
         res.summary[col] = arr
     res.summary["method"] = np.where(redo, "nuts", "grid").astype(object)
     res.flags = np.asarray(res.summary["flags"], np.int64)
-    res.method = "grid+nuts"
+    res.method = method
     res.attrs.update(nuts_stars=int(len(idx)), min_grid_ess=float(min_grid_ess), exact=bool(exact),
-                     sampling_time_s=nres.attrs.get("sampling_time_s"))
+                     sampling_time_s=nres.attrs.get("sampling_time_s"), guided=bool(guide),
+                     refined_stars=nres.attrs.get("refined_stars"))
     return res, gf.images

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 #: Fitting methods :func:`fit_catalog` knows.
 METHODS = ("nuts",)
-_STATS = ("diverging", "n_steps", "accept_prob", "energy", "lp", "step_size")
+_STATS = ("diverging", "n_steps", "accept_prob", "energy", "lp", "step_size", "guide_accept")
 
 
 def _star_keys(seed: int, index: np.ndarray):
@@ -38,7 +38,7 @@ def fit_catalog(model, catalog, *, prior: str | InferencePrior = "bayestar", met
                 E_max: float | None = None, sigma_model: float = SIGMA_MODEL, max_num_doublings: int = 5,
                 ess_threshold: float = 200.0, rhat_threshold: float = 1.01, adaptation: str = "short",
                 target_accept: float = 0.85, dominant_mass: float = 0.99, reparam: str = "mu_E", callback=None,
-                init=None, refine: int = 1, refine_adaptation: str = "window",
+                init=None, guide=None, refine: int = 2, refine_adaptation: str = "window",
                 refine_max_num_doublings: int = 8) -> FitResult:
     """Sample the posterior p(θ, μ, E | m̂, ϖ̂, l, b) (METHOD §8) of every star of ``catalog``.
 
@@ -100,6 +100,12 @@ def fit_catalog(model, catalog, *, prior: str | InferencePrior = "bayestar", met
         Given starting points (unconstrained, :func:`~photoinfer.infer.model.unconstrain`) and initial
         inverse mass matrices per star and chain (e.g. from the grid's modes,
         :func:`photoinfer.grid.methods.nuts_init_from_grid`) instead of the built-in initialization.
+    guide : (N, K, 5) float, optional
+        Unconstrained positions of K posterior draws per star (the grid's,
+        :func:`photoinfer.grid.methods.grid_guide`): every chain of the star then alternates NUTS
+        transitions with independence Metropolis–Hastings moves from a mixture built on them
+        (:mod:`photoinfer.infer.guide`), in every round.  ``sample_stats["guide_accept"]`` says
+        which moves were taken.
 
     Returns
     -------
@@ -156,8 +162,10 @@ def fit_catalog(model, catalog, *, prior: str | InferencePrior = "bayestar", met
                 z0, inv_mass = (jnp.asarray(pad_to(np.asarray(a)[idx], size)) for a in init)
             lane_keys = jax.vmap(lambda kk: jax.vmap(lambda c: jax.random.fold_in(kk, c))(jnp.arange(C)))(skeys)
             lanes = jax.tree_util.tree_map(lambda a: jnp.repeat(jnp.asarray(a), C, axis=0), star)
+            centres = None if guide is None else jnp.repeat(jnp.asarray(pad_to(np.asarray(guide)[idx], size)), C,
+                                                            axis=0)
             d, out = run_lanes(lane_keys.reshape(size * C, -1), z0.reshape(size * C, -1),
-                               inv_mass.reshape(size * C, 5, 5), lanes, arrays, prior, st)
+                               inv_mass.reshape(size * C, 5, 5), lanes, arrays, prior, st, centres)
             draws[idx] = np.asarray(d).reshape(size, C, S, -1)[:k]
             for name in _STATS:
                 stats[name][idx] = np.asarray(out[name], np.float32).reshape(size, C, S)[:k]
@@ -171,7 +179,7 @@ def fit_catalog(model, catalog, *, prior: str | InferencePrior = "bayestar", met
     t0 = time.perf_counter()
     run_batches(run, settings, init, 0)
     samples, (combined, diag, n_modes, _) = combine()
-    refined, st = 0, settings
+    refined, per_round, st = 0, [], settings
     for r in range(1, int(refine) + 1):
         finite = np.isfinite(draws[run]).all(axis=(1, 2, 3))
         redo = run[finite & ~((diag["rhat_max"][run] <= rhat_threshold) & (diag["ess_bulk_min"][run] >= ess_threshold))]
@@ -186,6 +194,7 @@ def fit_catalog(model, catalog, *, prior: str | InferencePrior = "bayestar", met
         run_batches(redo, st, refinement_init(samples, redo, arrays, prior, seed + r - 1), r, len(run), len(run) + len(redo))
         samples, (combined, diag, n_modes, _) = combine()
         refined += len(redo)
+        per_round.append(len(redo))
     elapsed = time.perf_counter() - t0
     sample_stats = {name: np.moveaxis(v, 0, -1) for name, v in stats.items()}
     sample_stats["diverging"] = sample_stats["diverging"].astype(bool)
@@ -200,7 +209,7 @@ def fit_catalog(model, catalog, *, prior: str | InferencePrior = "bayestar", met
                               "reparam": str(reparam), "refine_rounds": int(refine),
                               "max_num_doublings": int(max_num_doublings),
                               "refine_max_num_doublings": int(refine_max_num_doublings),
-                              "refined_stars": refined})
+                              "refined_stars": refined, "refined_per_round": per_round, "guided": guide is not None})
     result.samples = combined
     result.flags = np.where(n_modes > 1, result.flags | int(Flag.MULTIMODAL), result.flags)
     result.summary = summarize(result, model=model, ess_threshold=ess_threshold, rhat_threshold=rhat_threshold,

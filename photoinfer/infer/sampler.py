@@ -10,6 +10,11 @@ approximation at its mode), so warm-up only refines them:
    dual averaging restarts from the current step size;
 3. final fast window: step size only; the sampling phase uses its dual-averaged step size.
 
+With ``centres`` (the grid guide, :mod:`photoinfer.infer.guide`) every NUTS transition of the sampling
+phase and of the two step-size windows of the warm-up is followed by an independence
+Metropolis–Hastings move from a proposal built on the star's grid draws (Eq. G2 there); the slow
+window, which estimates the metric, moves by NUTS alone so that the metric stays the local one.
+
 ``thin`` > 1 keeps every thin-th draw of num_samples × thin transitions (the refinement round of
 :func:`photoinfer.infer.fit.fit_catalog`: longer chains in the same draw array).
 
@@ -33,6 +38,7 @@ from blackjax.adaptation.base import get_filter_adapt_info_fn
 from blackjax.adaptation.step_size import dual_averaging_adaptation
 from blackjax.mcmc import nuts as bj_nuts
 
+from .guide import build_mixture, imh_step
 from .model import SIGMA_MODEL, constrain, from_sampler, log_density, log_density_sampler, to_sampler
 
 __all__ = ["SamplerSettings", "run_lanes"]
@@ -53,6 +59,9 @@ class SamplerSettings(NamedTuple):
     adaptation: str = "window"
     reparam: str = "mu_E"
     thin: int = 1
+    guide_neighbours: int = 32
+    guide_scale: float = 0.8
+
 
 
 def _windows(st: SamplerSettings):
@@ -61,7 +70,7 @@ def _windows(st: SamplerSettings):
     return w1, st.num_warmup - w1 - w3, w3
 
 
-def _lane(key, z0, inv_mass0, s, arrays, prior, st: SamplerSettings):
+def _lane(key, z0, inv_mass0, s, centres, arrays, prior, st: SamplerSettings):
     """Warm-up and sampling of one (star, chain) lane; returns constrained draws and statistics."""
     if st.reparam != "none":   # sample u = (x, δ, ε) (module doc); the metric follows the linear map at z₀
         kw = dict(s=s, arrays=arrays, prior=prior, sigma_model=st.sigma_model, shift_E=st.reparam == "mu_E")
@@ -69,9 +78,19 @@ def _lane(key, z0, inv_mass0, s, arrays, prior, st: SamplerSettings):
         z0, inv_mass0 = to_sampler(z0, **kw), J @ inv_mass0 @ J.T
         logdensity = partial(log_density_sampler, **kw)
         to_z = jax.vmap(partial(from_sampler, **kw))
+        to_u = jax.vmap(partial(to_sampler, **kw))
     else:
         logdensity = partial(log_density, s=s, arrays=arrays, prior=prior, sigma_model=st.sigma_model)
-        to_z = lambda z: z  # noqa: E731
+        to_z = to_u = lambda z: z  # noqa: E731
+    mix = None if centres is None else build_mixture(to_u(centres), n_neighbours=st.guide_neighbours,
+                                                         scale=st.guide_scale)
+
+    def guided(state, key):
+        """The guide's move after a NUTS transition (identity without a guide)."""
+        if mix is None:
+            return state, jnp.zeros((), bool)
+        return imh_step(key, state, logdensity, mix)
+
     k1, k2 = jax.random.split(key)
     if st.adaptation == "window":
         warm = blackjax.window_adaptation(blackjax.nuts, logdensity, is_mass_matrix_diagonal=False,
@@ -83,21 +102,23 @@ def _lane(key, z0, inv_mass0, s, arrays, prior, st: SamplerSettings):
         (state, params), _ = warm.run(k1, z0, num_steps=st.num_warmup)
         step_size, inv_mass = params["step_size"], params["inverse_mass_matrix"]
     else:
-        state, step_size, inv_mass = _short_warmup(k1, z0, inv_mass0, logdensity, st)
+        state, step_size, inv_mass = _short_warmup(k1, z0, inv_mass0, logdensity, st, guided)
     kernel = bj_nuts.build_kernel()
 
     def transition(state, key):
-        state, info = kernel(key, state, logdensity, step_size, inv_mass, max_num_doublings=st.max_num_doublings)
-        return state, (info.is_divergent, info.num_integration_steps, info.acceptance_rate, info.energy)
+        k_nuts, k_guide = jax.random.split(key)
+        state, info = kernel(k_nuts, state, logdensity, step_size, inv_mass, max_num_doublings=st.max_num_doublings)
+        state, jumped = guided(state, k_guide)
+        return state, (info.is_divergent, info.num_integration_steps, info.acceptance_rate, info.energy, jumped)
 
     def sample(state, key):   # ``thin`` transitions per kept draw
         if st.thin == 1:
             state, out = transition(state, key)
-            div, n, acc, energy = (a[None] for a in out)
+            div, n, acc, energy, jumped = (a[None] for a in out)
         else:
-            state, (div, n, acc, energy) = jax.lax.scan(transition, state, jax.random.split(key, st.thin))
+            state, (div, n, acc, energy, jumped) = jax.lax.scan(transition, state, jax.random.split(key, st.thin))
         stats = {"diverging": div.any(), "n_steps": n.sum(), "accept_prob": acc.mean(), "energy": energy[-1],
-                 "lp": state.logdensity}
+                 "lp": state.logdensity, "guide_accept": jumped.mean()}
         return state, (state.position, stats)
 
     _, (zs, stats) = jax.lax.scan(sample, state, jax.random.split(k2, st.num_samples))
@@ -105,24 +126,28 @@ def _lane(key, z0, inv_mass0, s, arrays, prior, st: SamplerSettings):
     return constrain(to_z(zs), s, arrays, prior), stats
 
 
-def _short_warmup(key, z0, inv_mass0, logdensity, st: SamplerSettings):
-    """fast (step size) → slow (step size + covariance, shrunk to Σ₀) → fast windows; see the module doc."""
+def _short_warmup(key, z0, inv_mass0, logdensity, st: SamplerSettings, guided):
+    """fast (step size) → slow (step size + covariance, shrunk to Σ₀) → fast windows; see the module doc.
+    ``guided(state, key)`` (the grid guide's move) follows every transition of the two fast windows."""
     kernel = bj_nuts.build_kernel()
     da_init, da_update, da_final = dual_averaging_adaptation(st.target_accept)
     w1, w2, w3 = _windows(st)
 
-    def adapt(carry, key):
+    def adapt(carry, key, guide=True):
         state, da, inv_mass = carry
-        state, info = kernel(key, state, logdensity, jnp.exp(da.log_step_size), inv_mass,
+        k_nuts, k_guide = jax.random.split(key)
+        state, info = kernel(k_nuts, state, logdensity, jnp.exp(da.log_step_size), inv_mass,
                              max_num_doublings=st.max_num_doublings)
         da = da_update(da, jnp.where(jnp.isfinite(info.acceptance_rate), info.acceptance_rate, 0.0))
+        if guide:
+            state, _ = guided(state, k_guide)
         return (state, da, inv_mass), state.position
 
     k1, k2, k3 = jax.random.split(key, 3)
     state = bj_nuts.init(z0, logdensity)
     da = da_init(st.initial_step_size)
     (state, da, _), _ = jax.lax.scan(adapt, (state, da, inv_mass0), jax.random.split(k1, w1))
-    (state, da, _), zs = jax.lax.scan(adapt, (state, da, inv_mass0), jax.random.split(k2, w2))
+    (state, da, _), zs = jax.lax.scan(partial(adapt, guide=False), (state, da, inv_mass0), jax.random.split(k2, w2))
     zc = zs - zs.mean(axis=0)
     S = zc.T @ zc / max(w2 - 1, 1)
     inv_mass = (w2 * S + st.prior_weight * inv_mass0) / (w2 + st.prior_weight)
@@ -132,7 +157,7 @@ def _short_warmup(key, z0, inv_mass0, logdensity, st: SamplerSettings):
 
 
 @partial(jax.jit, static_argnames=("prior", "settings"))
-def run_lanes(keys, z0, inv_mass0, stars, arrays, prior, settings: SamplerSettings):
+def run_lanes(keys, z0, inv_mass0, stars, arrays, prior, settings: SamplerSettings, centres=None):
     """Run NUTS on L independent lanes (a lane = one chain of one star).
 
     Parameters
@@ -144,14 +169,18 @@ def run_lanes(keys, z0, inv_mass0, stars, arrays, prior, settings: SamplerSettin
     arrays : ModelArrays
     prior : InferencePrior (static)
     settings : SamplerSettings (static)
+    centres : (L, K, 5) unconstrained positions, optional
+        The grid guide's centres for each lane (its star's grid draws; :mod:`photoinfer.infer.guide`).
 
     Returns
     -------
     draws : (L, num_samples, 5) (teff, logg, feh, mu, E)
-    stats : dict of (L, num_samples) arrays: diverging, n_steps, accept_prob, energy, lp, step_size
-        (with ``thin`` > 1: diverging any, n_steps summed, accept_prob averaged over the thin transitions)
+    stats : dict of (L, num_samples) arrays: diverging, n_steps, accept_prob, energy, lp, step_size,
+        guide_accept (whether the guide's move was accepted)
+        (with ``thin`` > 1: diverging any, n_steps summed, accept_prob and guide_accept averaged over the
+        thin transitions)
     """
-    return jax.vmap(_lane, in_axes=(0, 0, 0, 0, None, None, None))(keys, z0, inv_mass0, stars, arrays, prior,
-                                                                     settings)
+    return jax.vmap(_lane, in_axes=(0, 0, 0, 0, 0, None, None, None))(keys, z0, inv_mass0, stars, centres, arrays,
+                                                                        prior, settings)
 
 
