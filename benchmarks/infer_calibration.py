@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from infer_common import PARAMS, coverage, mock_catalog, model_path, truth, write_json
+from infer_common import PARAMS, coverage, fit_nuts, mock_catalog, model_path, truth, write_json
 
 
 def main():
@@ -34,7 +34,6 @@ def main():
                     help="NUTS with its own initialization and no grid guide (the sampler before session 5)")
     ap.add_argument("--out", default="infer_calibration.json")
     args = ap.parse_args()
-    from photoinfer.infer.fit import fit_catalog
     from photoinfer.infer.prior import build_prior
     from photoinfer.io.models import load_model
     model = load_model(model_path())
@@ -43,14 +42,10 @@ def main():
     prior = build_prior(model, E_max=args.e_max)
     cat = mock_catalog(model, prior, args.n, args.seed, sightlines=SIGHTLINES)
     t = time.perf_counter()
-    init = guide = None
-    if not args.no_guide:   # what `photoinfer fit --method nuts` does: the grid starts and guides the chains
-        from photoinfer.grid.methods import grid_start
-        init, guide, _ = grid_start(model, cat, prior, num_chains=4, num_samples=args.num_samples, seed=args.seed)
-    grid_seconds = time.perf_counter() - t
-    res = fit_catalog(model, cat, prior=prior, num_warmup=args.num_warmup, num_samples=args.num_samples,
-                      seed=args.seed, target_accept=args.target_accept, batch_size=args.batch_size,
-                      adaptation=args.adaptation, reparam=args.reparam, refine=args.refine, init=init, guide=guide)
+    res, grid_seconds = fit_nuts(model, cat, prior, guided=not args.no_guide, num_warmup=args.num_warmup,
+                                 num_samples=args.num_samples, seed=args.seed, target_accept=args.target_accept,
+                                 batch_size=args.batch_size, adaptation=args.adaptation, reparam=args.reparam,
+                                 refine=args.refine)
     seconds = time.perf_counter() - t
     s = res.summary
     ok = np.isfinite(s["ess_bulk_min"])

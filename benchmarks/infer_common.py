@@ -43,6 +43,24 @@ def mock_catalog(model, prior, n: int, seed: int, sightlines=None):
     return read_catalog(cache)
 
 
+def fit_nuts(model, cat, prior, *, guided: bool = True, num_samples: int = 500, seed: int = 0,
+             use_parallax: bool = True, use_position: bool = True, **kw):
+    """What `photoinfer fit --method nuts` runs: the grid (starts and guide), then
+    :func:`photoinfer.infer.fit.fit_catalog`; ``guided=False``: fit_catalog alone (no grid).
+    Returns (FitResult, seconds of the grid)."""
+    from photoinfer.infer.fit import fit_catalog
+    init = guide = None
+    t = time.perf_counter()
+    if guided:
+        from photoinfer.grid.methods import grid_start
+        init, guide, _ = grid_start(model, cat, prior, num_chains=4, num_samples=num_samples, seed=seed,
+                                    use_parallax=use_parallax, use_position=use_position)
+    grid_s = time.perf_counter() - t
+    res = fit_catalog(model, cat, prior=prior, num_samples=num_samples, seed=seed, use_parallax=use_parallax,
+                      use_position=use_position, init=init, guide=guide, **kw)
+    return res, grid_s
+
+
 def truth(cat) -> np.ndarray:
     return np.stack([np.asarray(cat.extra[f"true_{p}"], float) for p in PARAMS], -1)
 

@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from infer_common import SAMPLE_8K, model_path, parallax_z_scores, write_json
+from infer_common import SAMPLE_8K, fit_nuts, model_path, parallax_z_scores, write_json
 
 
 def residual_stats(res, cat):
@@ -38,10 +38,11 @@ def main():
     ap.add_argument("--num-warmup", type=int, default=300)
     ap.add_argument("--num-samples", type=int, default=250)
     ap.add_argument("--target-accept", type=float, default=0.8)
+    ap.add_argument("--no-guide", action="store_true", help="NUTS without the grid (the sampler before session 5)")
+    ap.add_argument("--out", default="infer_real.json")
     args = ap.parse_args()
     kw = dict(num_warmup=args.num_warmup, num_samples=args.num_samples, target_accept=args.target_accept)
     from photoinfer.catalog import Flag
-    from photoinfer.infer.fit import fit_catalog
     from photoinfer.infer.prior import build_prior
     from photoinfer.io.catalogs import read_catalog
     from photoinfer.io.models import load_model
@@ -52,24 +53,29 @@ def main():
         idx = np.sort(np.random.default_rng(args.seed).choice(len(cat), args.n, replace=False))
         cat = cat.subset(idx)
     out = {"model": model_path().name, "n": len(cat), "subset_seed": args.seed,
-           "prior": "bayestar, position-free, smooth stellar prior, E flat on [0, 7]", **kw}
+           "prior": "bayestar, position-free, smooth stellar prior, E flat on [0, 7]", "guided": not args.no_guide, **kw}
     t = time.perf_counter()
-    res = fit_catalog(model, cat, prior=prior, seed=args.seed, use_position=False, **kw)
+    res = fit_nuts(model, cat, prior, guided=not args.no_guide, seed=args.seed, use_position=False, **kw)[0]
     out["with_parallax"] = {"seconds": round(time.perf_counter() - t, 1), "residuals": residual_stats(res, cat),
                             "frac_not_converged": float(np.mean((res.summary["flags"] & int(Flag.NOT_CONVERGED)) > 0)),
                             "frac_multimodal": float(np.mean((res.summary["flags"] & int(Flag.MULTIMODAL)) > 0)),
+                            "frac_rhat_ess_ok": float(np.nanmean((res.summary["rhat_max"] <= 1.01)
+                                                                 & (res.summary["ess_bulk_min"] >= 200))),
                             "ess_bulk_min_median": float(np.nanmedian(res.summary["ess_bulk_min"]))}
     print(out["with_parallax"])
-    write_json("infer_real.json", out)
+    write_json(args.out, out)
     t = time.perf_counter()
-    res2 = fit_catalog(model, cat, prior=prior, seed=args.seed, use_position=False, use_parallax=False, **kw)
+    res2 = fit_nuts(model, cat, prior, guided=not args.no_guide, seed=args.seed, use_position=False,
+                    use_parallax=False, **kw)[0]
     z = parallax_z_scores(np.asarray(res2.samples["mu"]).reshape(-1, len(cat)), cat.parallax, cat.parallax_err)
     out["without_parallax"] = {"seconds": round(time.perf_counter() - t, 1), "residuals": residual_stats(res2, cat),
                                "parallax_z": z["gaussian"], "parallax_z_pit": z["pit"],
                                "frac_not_converged": float(np.mean((res2.summary["flags"] & int(Flag.NOT_CONVERGED)) > 0)),
-                               "frac_multimodal": float(np.mean((res2.summary["flags"] & int(Flag.MULTIMODAL)) > 0))}
+                               "frac_multimodal": float(np.mean((res2.summary["flags"] & int(Flag.MULTIMODAL)) > 0)),
+                               "frac_rhat_ess_ok": float(np.nanmean((res2.summary["rhat_max"] <= 1.01)
+                                                                    & (res2.summary["ess_bulk_min"] >= 200)))}
     print(out["without_parallax"])
-    write_json("infer_real.json", out)
+    write_json(args.out, out)
 
 
 if __name__ == "__main__":

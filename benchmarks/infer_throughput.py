@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from infer_common import PARAMS, coverage, mock_catalog, model_path, truth, write_json
+from infer_common import PARAMS, coverage, fit_nuts, mock_catalog, model_path, truth, write_json
 
 
 def summarize_run(name, n, seconds, samples, diverging, true, diag=None):
@@ -75,10 +75,12 @@ def main():
     ap.add_argument("--batch-size", type=int, default=25)
     ap.add_argument("--target-accept", type=float, default=0.8)
     ap.add_argument("--repeat", type=int, default=1, help="alternating photoinfer/plate repeats (median ratios)")
+    ap.add_argument("--no-guide", action="store_true",
+                    help="photoinfer without the grid (its own initialization, no guide moves): the sampler "
+                         "before session 5")
     ap.add_argument("--out", default="infer_throughput.json")
     args = ap.parse_args()
 
-    from photoinfer.infer.fit import fit_catalog
     from photoinfer.infer.prior import build_prior
     from photoinfer.io.models import load_model
     model = load_model(model_path())
@@ -88,26 +90,32 @@ def main():
     out = {"model": str(model_path().name), "mock": f"prior-predictive, n={args.n}, seed={args.seed}",
            "cpu_cores": __import__("os").cpu_count()}
 
+    def photoinfer_fit(c, **kw):
+        """What `photoinfer fit --method nuts` runs (the grid's time included)."""
+        return fit_nuts(model, c, prior, guided=not args.no_guide, num_warmup=args.num_warmup,
+                        num_samples=args.num_samples, batch_size=args.batch_size, seed=args.seed,
+                        target_accept=args.target_accept, **kw)[0]
+
     # compile once on one full batch so the timing is steady state (compile time reported apart); an
-    # unreachable ESS threshold sends it through the refinement round too, compiling that as well
+    # unreachable ESS threshold sends it through the refinement rounds too, compiling them as well
     t = time.perf_counter()
-    fit_catalog(model, cat.subset(np.arange(min(args.batch_size, len(cat)))), prior=prior,
-                num_warmup=args.num_warmup, num_samples=args.num_samples, batch_size=args.batch_size,
-                seed=args.seed, target_accept=args.target_accept, ess_threshold=1e9)
+    photoinfer_fit(cat.subset(np.arange(min(args.batch_size, len(cat)))), ess_threshold=1e9)
     out["photoinfer_compile_s"] = round(time.perf_counter() - t, 1)
     nb = min(args.n_baseline, len(cat))
     sub = cat.subset(np.arange(nb))
     out["repeats"] = []
     for rep in range(args.repeat):     # alternate the two so both see the same machine load
         t = time.perf_counter()
-        res = fit_catalog(model, cat, prior=prior, num_warmup=args.num_warmup, num_samples=args.num_samples,
-                          batch_size=args.batch_size, seed=args.seed, target_accept=args.target_accept)
+        res = photoinfer_fit(cat)
         seconds = time.perf_counter() - t
-        r = summarize_run("photoinfer per-star NUTS (blackjax, vmapped, 4 chains)", len(cat), seconds, res.samples,
-                          res.sample_stats["diverging"], true, diag=res.summary)
+        r = summarize_run("photoinfer per-star NUTS (blackjax, vmapped, 4 chains)"
+                          + ("" if args.no_guide else ", grid-started and guided, grid time included"), len(cat),
+                          seconds, res.samples, res.sample_stats["diverging"], true, diag=res.summary)
         r["frac_multimodal"] = float(np.mean((np.asarray(res.flags) & 8192) > 0))
         r.update({"num_warmup": args.num_warmup, "num_samples": args.num_samples, "batch_size": args.batch_size,
                   "target_accept": args.target_accept, "refined_stars": res.attrs["refined_stars"],
+                  "refined_per_round": res.attrs["refined_per_round"], "guided": not args.no_guide,
+                  "guide_accept": float(np.mean(res.sample_stats["guide_accept"])),
                   "mean_leapfrog_steps": float(np.mean(res.sample_stats["n_steps"]))})
         print(r)
         samples, seconds, div = plate_baseline(model, prior, sub, 4, args.baseline_warmup, args.baseline_samples,
