@@ -35,11 +35,11 @@ def _star_keys(seed: int, index: np.ndarray):
 def fit_catalog(model, catalog, *, prior: str | InferencePrior = "bayestar", method: str = "nuts",
                 num_warmup: int = 400, num_samples: int = 500, num_chains: int = 4, seed: int = 0,
                 batch_size: int = 25, use_parallax: bool = True, use_position: bool = True, dust: str = "flat",
-                E_max: float | None = None, sigma_model: float = SIGMA_MODEL, max_num_doublings: int = 5,
+                E_max: float | None = None, sigma_model: float = SIGMA_MODEL, max_num_doublings: int | None = None,
                 ess_threshold: float = 200.0, rhat_threshold: float = 1.01, adaptation: str = "short",
                 target_accept: float = 0.85, dominant_mass: float = 0.99, reparam: str = "mu_E", callback=None,
                 init=None, guide=None, refine: int = 2, refine_adaptation: str = "window",
-                refine_max_num_doublings: int = 8) -> FitResult:
+                refine_max_num_doublings: int | None = None) -> FitResult:
     """Sample the posterior p(θ, μ, E | m̂, ϖ̂, l, b) (METHOD §8) of every star of ``catalog``.
 
     Parameters
@@ -62,13 +62,15 @@ def fit_catalog(model, catalog, *, prior: str | InferencePrior = "bayestar", met
     dust, E_max : dust prior kind and the upper bound of E (see :func:`photoinfer.infer.prior.build_prior`).
     sigma_model : float
         Model error floor [mag].
-    max_num_doublings : int
-        NUTS tree depth limit of the first round (5: at most 31 leapfrog steps per draw).  Lanes run
-        in lockstep under ``vmap``, so every transition of a batch costs as many steps as its longest
+    max_num_doublings : int, optional
+        NUTS tree depth limit of the first round (default 5: at most 31 leapfrog steps per draw).  Lanes
+        run in lockstep under ``vmap``, so every transition of a batch costs as many steps as its longest
         lane's: with 8 doublings a 100-lane batch took 71 steps per draw where the mean lane needed 15
         (docs/inference.md "Lockstep"); depth 5 truncates 2.5 % of the lanes' trees and runs 3.6× faster.
-    refine_max_num_doublings : int
-        Tree depth limit of the refinement rounds (the few stars that need longer trajectories).
+    refine_max_num_doublings : int, optional
+        Tree depth limit of the refinement rounds: default 8 (the few stars that need longer
+        trajectories), 5 with a ``guide`` (whose jumps do the long moves; a refinement batch at depth 8
+        costs, in lockstep, as much as a first round of ten times its stars).
     ess_threshold, rhat_threshold : float
         Stars with min bulk ESS below / max r̂ above get ``Flag.NOT_CONVERGED``.
     adaptation : {"window", "short"}
@@ -124,6 +126,10 @@ def fit_catalog(model, catalog, *, prior: str | InferencePrior = "bayestar", met
     if model.validity is None:
         log.warning("model has no validity grid: no (Teff, logg | [M/H]) prior, no validity check")
     arrays = model_arrays(model)
+    if max_num_doublings is None:
+        max_num_doublings = 5
+    if refine_max_num_doublings is None:
+        refine_max_num_doublings = 8 if guide is None else 5
     settings = SamplerSettings(num_warmup=int(num_warmup), num_samples=int(num_samples),
                                max_num_doublings=int(max_num_doublings), sigma_model=float(sigma_model),
                                adaptation=adaptation, target_accept=float(target_accept),
