@@ -53,7 +53,8 @@ def main():
         idx = np.sort(np.random.default_rng(args.seed).choice(len(cat), args.n, replace=False))
         cat = cat.subset(idx)
     out = {"model": model_path().name, "n": len(cat), "subset_seed": args.seed,
-           "prior": "bayestar, position-free, smooth stellar prior, E flat on [0, 7]", "guided": not args.no_guide, **kw}
+           "prior": "bayestar, position-free, smooth stellar prior, E flat on [0, 7]",
+           "guided": not args.no_guide, **kw}
     t = time.perf_counter()
     res = fit_nuts(model, cat, prior, guided=not args.no_guide, seed=args.seed, use_position=False, **kw)[0]
     out["with_parallax"] = {"seconds": round(time.perf_counter() - t, 1), "residuals": residual_stats(res, cat),

@@ -99,4 +99,5 @@ def test_guided_nuts_weighs_dwarf_and_giant_as_the_grid(released_model):
     assert float(np.mean(res.sample_stats["guide_accept"])) > 0.1
     ess = float(res.summary["ess_bulk_min"][0])
     p = giant.mean()
-    assert abs(p - p_grid) < 4 * np.sqrt(p_grid * (1 - p_grid) * (1 / min(ess, giant.size) + 1 / grid.samples["logg"].size))
+    n_grid = grid.samples["logg"].size
+    assert abs(p - p_grid) < 4 * np.sqrt(p_grid * (1 - p_grid) * (1 / min(ess, giant.size) + 1 / n_grid))

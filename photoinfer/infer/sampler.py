@@ -63,7 +63,6 @@ class SamplerSettings(NamedTuple):
     guide_scale: float = 0.8
 
 
-
 def _windows(st: SamplerSettings):
     w1 = int(round(st.fast_frac * st.num_warmup))
     w3 = int(round(st.final_frac * st.num_warmup))
