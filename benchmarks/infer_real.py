@@ -60,8 +60,6 @@ def main():
     out["with_parallax"] = {"seconds": round(time.perf_counter() - t, 1), "residuals": residual_stats(res, cat),
                             "frac_not_converged": float(np.mean((res.summary["flags"] & int(Flag.NOT_CONVERGED)) > 0)),
                             "frac_multimodal": float(np.mean((res.summary["flags"] & int(Flag.MULTIMODAL)) > 0)),
-                            "frac_rhat_ess_ok": float(np.nanmean((res.summary["rhat_max"] <= 1.01)
-                                                                 & (res.summary["ess_bulk_min"] >= 200))),
                             "ess_bulk_min_median": float(np.nanmedian(res.summary["ess_bulk_min"]))}
     print(out["with_parallax"])
     write_json(args.out, out)
@@ -72,9 +70,7 @@ def main():
     out["without_parallax"] = {"seconds": round(time.perf_counter() - t, 1), "residuals": residual_stats(res2, cat),
                                "parallax_z": z["gaussian"], "parallax_z_pit": z["pit"],
                                "frac_not_converged": float(np.mean((res2.summary["flags"] & int(Flag.NOT_CONVERGED)) > 0)),
-                               "frac_multimodal": float(np.mean((res2.summary["flags"] & int(Flag.MULTIMODAL)) > 0)),
-                               "frac_rhat_ess_ok": float(np.nanmean((res2.summary["rhat_max"] <= 1.01)
-                                                                    & (res2.summary["ess_bulk_min"] >= 200)))}
+                               "frac_multimodal": float(np.mean((res2.summary["flags"] & int(Flag.MULTIMODAL)) > 0))}
     print(out["without_parallax"])
     write_json(args.out, out)
 

@@ -95,6 +95,7 @@ def run(args) -> int:
 
     from ..catalog import Flag
     from ..grid.methods import fit_with_method
+    from ..infer.fit import REFINE_ROUNDS
     from ..io.catalogs import read_catalog
     from ..posterior import save_inference_data, to_inference_data, write_summary
     from . import load_model_arg, log
@@ -128,7 +129,7 @@ def run(args) -> int:
                                   use_position=not args.no_position, dust=args.dust, E_max=args.e_max,
                                   callback=progress, grid=args.grid, min_grid_ess=args.min_grid_ess,
                                   exact=args.exact, images=bins, grid_settings=grid_settings(args),
-                                  refine=0 if args.no_refine else 2, guide=not args.no_guide)
+                                  refine=0 if args.no_refine else REFINE_ROUNDS, guide=not args.no_guide)
     bar.n = bar.total  # the grid reports no intermediate progress: show it complete
     bar.close()
     write_summary(res.summary, out / "summary.parquet")

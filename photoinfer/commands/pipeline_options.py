@@ -72,13 +72,14 @@ def grid_settings_dict(args) -> dict:
 
 def fit_function(args) -> tuple:
     """(fit_fn, fit_settings): the pipeline calls ``fit_fn(model, batch, seed=s, **fit_settings)``."""
+    from ..infer.fit import REFINE_ROUNDS
     from ..pipeline import method_fit_fn
     settings = {"method": args.method, "prior": args.prior, "dust": args.dust, "E_max": args.e_max,
                 "use_parallax": not args.no_parallax, "use_position": not args.no_position}
     if args.method != "grid":
         settings |= {"num_warmup": args.num_warmup, "num_samples": args.num_samples, "num_chains": args.num_chains,
                      "batch_size": min(args.batch_size or DEFAULT_BATCH["nuts"], DEFAULT_BATCH["nuts"]),
-                     "refine": 0 if args.no_refine else 2, "guide": not args.no_guide}
+                     "refine": 0 if args.no_refine else REFINE_ROUNDS, "guide": not args.no_guide}
     if args.method != "nuts" or not args.no_guide:
         settings |= {"grid": args.grid, "grid_settings": grid_settings_dict(args)}
     if args.method == "grid+nuts":

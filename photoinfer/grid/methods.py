@@ -21,6 +21,7 @@ import logging
 import numpy as np
 
 from ..fitresult import FitResult
+from ..infer.fit import REFINE_ROUNDS
 
 __all__ = ["METHODS", "fit_with_method", "grid_start", "guide_from_grid", "nuts_init_from_grid"]
 
@@ -66,32 +67,31 @@ def nuts_init_from_grid(initial, arrays, E_max: float, max_logit_var: float = 4.
     return z0.astype(np.float32), cov.astype(np.float32)
 
 
-def guide_from_grid(samples: dict, arrays, E_max: float, n_centres: int = 512, seed: int = 0) -> np.ndarray:
+def guide_from_grid(samples: dict, arrays, prior, n_centres: int = 512, seed: int = 0) -> np.ndarray:
     """The grid guide's centres: ``n_centres`` of each star's grid draws, unconstrained.
 
     Parameters
     ----------
     samples : dict name -> (chain, draw, N) the grid's equal-weight draws of teff, logg, feh, mu, E
     arrays : ModelArrays (θ standardization of the sampler)
-    E_max : float, the upper bound of E
+    prior : InferencePrior (E_max of the sampler's logit transform)
     n_centres : int, draws kept per star (picked at random without replacement)
     seed : int
 
     Returns
     -------
-    (N, n_centres, 5) float32 in the sampler's unconstrained coordinates (x, μ, logit(E/E_max));
-    NaN for stars without grid draws (their guide's moves are then never accepted).
+    (N, n_centres, 5) float32 in the sampler's unconstrained coordinates
+    (:func:`~photoinfer.infer.model.unconstrain`); NaN for stars without grid draws (their guide's
+    moves are then never accepted).
     """
     from ..fitresult import PARAMETERS
-    d = np.stack([np.asarray(samples[p], np.float64) for p in PARAMETERS], -1)      # (C, S, N, 5)
+    from ..infer.model import unconstrain
+    d = np.stack([np.asarray(samples[p], np.float32) for p in PARAMETERS], -1)      # (C, S, N, 5)
     d = np.moveaxis(d.reshape(-1, d.shape[2], 5), 1, 0)                             # (N, D, 5)
     rng = np.random.default_rng(seed)
     pick = np.argsort(rng.random(d.shape[:2]), axis=1)[:, :min(n_centres, d.shape[1])]
     d = np.take_along_axis(d, pick[..., None], axis=1)
-    med, std = np.asarray(arrays.theta_med, np.float64), np.asarray(arrays.theta_std, np.float64)
-    e = np.clip(d[..., 4] / E_max, 1e-6, 1 - 1e-6)
-    z = np.concatenate([(d[..., :3] - med) / std, d[..., 3:4], np.log(e / (1 - e))[..., None]], -1)
-    return z.astype(np.float32)
+    return np.asarray(unconstrain(*np.moveaxis(d, -1, 0), arrays, prior), np.float32)
 
 
 def grid_start(model, catalog, prior, *, num_chains: int = 4, num_samples: int = 500, n_centres: int = 512,
@@ -123,7 +123,7 @@ def grid_start(model, catalog, prior, *, num_chains: int = 4, num_samples: int =
                    n_chains=int(num_chains), use_parallax=use_parallax, use_position=use_position)
     arrays = model_arrays(model)
     init = nuts_init_from_grid(gf.initial, arrays, prior.E_max)
-    return init, guide_from_grid(gf.fit.samples, arrays, prior.E_max, n_centres, seed), gf
+    return init, guide_from_grid(gf.fit.samples, arrays, prior, n_centres, seed), gf
 
 
 def _prior(model, name, dust, E_max):
@@ -180,7 +180,7 @@ def fit_with_method(model, catalog, method: str = "nuts", *, prior: str = "bayes
                     E_max: float | None = None, use_parallax: bool = True, use_position: bool = True, seed: int = 0,
                     grid: str = "coarse", grid_settings=None, min_grid_ess: float = 200.0, exact: bool = False,
                     images=None, num_warmup: int = 300, num_samples: int = 250, num_chains: int = 4,
-                    batch_size: int = 25, callback=None, refine: int = 2, guide: bool = True):
+                    batch_size: int = 25, callback=None, refine: int = REFINE_ROUNDS, guide: bool = True):
     """Fit every star of ``catalog`` with ``method`` (see the module docstring).
 
     Parameters

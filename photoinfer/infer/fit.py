@@ -17,12 +17,14 @@ from .model import SIGMA_MODEL, model_arrays, star_inputs, unconstrain
 from .prior import InferencePrior, build_prior
 from .sampler import SamplerSettings, run_lanes
 
-__all__ = ["fit_catalog", "refinement_init", "METHODS"]
+__all__ = ["fit_catalog", "refinement_init", "METHODS", "REFINE_ROUNDS"]
 
 log = logging.getLogger(__name__)
 
 #: Fitting methods :func:`fit_catalog` knows.
 METHODS = ("nuts",)
+#: Refinement rounds by default (``fit_catalog``, ``fit_with_method``, ``photoinfer fit``).
+REFINE_ROUNDS = 2
 _STATS = ("diverging", "n_steps", "accept_prob", "energy", "lp", "step_size", "guide_accept")
 
 
@@ -35,10 +37,10 @@ def _star_keys(seed: int, index: np.ndarray):
 def fit_catalog(model, catalog, *, prior: str | InferencePrior = "bayestar", method: str = "nuts",
                 num_warmup: int = 400, num_samples: int = 500, num_chains: int = 4, seed: int = 0,
                 batch_size: int = 25, use_parallax: bool = True, use_position: bool = True, dust: str = "flat",
-                E_max: float | None = None, sigma_model: float = SIGMA_MODEL, max_num_doublings: int | None = None,
+                E_max: float | None = None, sigma_model: float = SIGMA_MODEL, max_num_doublings: int = 5,
                 ess_threshold: float = 200.0, rhat_threshold: float = 1.01, adaptation: str = "short",
                 target_accept: float = 0.85, dominant_mass: float = 0.99, reparam: str = "mu_E", callback=None,
-                init=None, guide=None, refine: int = 2, refine_adaptation: str = "window",
+                init=None, guide=None, refine: int = REFINE_ROUNDS, refine_adaptation: str = "window",
                 refine_max_num_doublings: int | None = None) -> FitResult:
     """Sample the posterior p(θ, μ, E | m̂, ϖ̂, l, b) (METHOD §8) of every star of ``catalog``.
 
@@ -62,9 +64,9 @@ def fit_catalog(model, catalog, *, prior: str | InferencePrior = "bayestar", met
     dust, E_max : dust prior kind and the upper bound of E (see :func:`photoinfer.infer.prior.build_prior`).
     sigma_model : float
         Model error floor [mag].
-    max_num_doublings : int, optional
-        NUTS tree depth limit of the first round (default 5: at most 31 leapfrog steps per draw).  Lanes
-        run in lockstep under ``vmap``, so every transition of a batch costs as many steps as its longest
+    max_num_doublings : int
+        NUTS tree depth limit of the first round (5: at most 31 leapfrog steps per draw).  Lanes run
+        in lockstep under ``vmap``, so every transition of a batch costs as many steps as its longest
         lane's: with 8 doublings a 100-lane batch took 71 steps per draw where the mean lane needed 15
         (docs/inference.md "Lockstep"); depth 5 truncates 2.5 % of the lanes' trees and runs 3.6× faster.
     refine_max_num_doublings : int, optional
@@ -104,7 +106,7 @@ def fit_catalog(model, catalog, *, prior: str | InferencePrior = "bayestar", met
         :func:`photoinfer.grid.methods.nuts_init_from_grid`) instead of the built-in initialization.
     guide : (N, K, 5) float, optional
         Unconstrained positions of K posterior draws per star (the grid's,
-        :func:`photoinfer.grid.methods.grid_guide`): every chain of the star then alternates NUTS
+        :func:`photoinfer.grid.methods.grid_start`): every chain of the star then alternates NUTS
         transitions with independence Metropolis–Hastings moves from a mixture built on them
         (:mod:`photoinfer.infer.guide`), in every round.  ``sample_stats["guide_accept"]`` says
         which moves were taken.
@@ -126,8 +128,6 @@ def fit_catalog(model, catalog, *, prior: str | InferencePrior = "bayestar", met
     if model.validity is None:
         log.warning("model has no validity grid: no (Teff, logg | [M/H]) prior, no validity check")
     arrays = model_arrays(model)
-    if max_num_doublings is None:
-        max_num_doublings = 5
     if refine_max_num_doublings is None:
         refine_max_num_doublings = 8 if guide is None else 5
     settings = SamplerSettings(num_warmup=int(num_warmup), num_samples=int(num_samples),
