@@ -69,18 +69,19 @@ def test_joint_fit_is_the_minimum_and_moves_theta_towards_the_truth(tiny, releas
     assert mse_fit < 0.7 * mse_meas, (mse_fit, mse_meas)
 
 
-@pytest.fixture(scope="module", params=["fit", "profile"])
+@pytest.fixture(scope="module", params=["fit", "profile", "marginal"])
 def trained_latent(tiny, request):
     from dataclasses import replace
     polish = 5 if request.param == "fit" else 0  # (the polish of the profiled loss is refused: it hung at 200k)
-    cfg = replace(TINY, iterations=3, latent_theta=request.param, latent_steps=3, polish_steps=polish, polish_iterations=2)
+    cfg = replace(TINY, iterations=3, latent_theta=request.param, latent_steps=3, polish_steps=polish, polish_iterations=2,
+                  prior_components=6)
     states = []
     model, hist = train(tiny, cfg, callback=lambda ev, st, rec: states.append(st) if ev == "iteration" else None)
     return cfg, model, hist, states
 
 
 def test_train_latent_theta_records_and_resumes(tiny, trained_latent, tmp_path):
-    """latent_theta ("fit" and "profile"): every usable star has a fitted θ after iteration 0 (and none before), the history
+    """latent_theta ("fit", "profile", "marginal"): every usable star has a fitted θ after iteration 0 (and none before), the history
     carries them, the last E equals a joint fit at the last state (0 further steps: a fixed point of
     the record), the polish ran in the last 2 iterations only, and resuming after iteration 1 from a
     checkpoint written to disk gives the uninterrupted run's model."""
@@ -95,7 +96,12 @@ def test_train_latent_theta_records_and_resumes(tiny, trained_latent, tmp_path):
     assert [r["polish"] is not None for r in hist.iterations] == [False, cfg.polish_steps > 0, cfg.polish_steps > 0]
     assert all(r["polish"]["loss_after"] <= r["polish"]["loss_before"] for r in hist.iterations[1:] if r["polish"])
     med, std = jnp.asarray(model.theta_med, jnp.float32), jnp.asarray(model.theta_std, jnp.float32)
-    _, E0, _, _, _, _ = joint_fit_all(model.params, med, std, star_data(tiny), states[-1].theta_fit, states[-1].E, 0)
+    prior = None
+    if cfg.latent_theta == "marginal":
+        from photoinfer.train.loop import _population_prior
+        prior = _population_prior(star_data(tiny), hist.usable & (hist.split == 0), states[-1], cfg)[0]
+    _, E0, _, _, _, _ = joint_fit_all(model.params, med, std, star_data(tiny), states[-1].theta_fit, states[-1].E, 0,
+                                      prior=prior)
     np.testing.assert_allclose(E0[usable], hist.E[usable], rtol=1e-6, atol=1e-7)
     fp = "x" * 64
     save_checkpoint(tmp_path, states[1], cfg, fp)
@@ -138,6 +144,10 @@ def test_latent_config_checks():
         TrainConfig(latent_theta="profile", polish_steps=10)
     with pytest.raises(ValueError, match="latent_steps"):
         TrainConfig(latent_steps=0)
+    with pytest.raises(ValueError, match="polish_steps"):
+        TrainConfig(latent_theta="marginal", polish_steps=10)
+    with pytest.raises(ValueError, match="prior_components"):
+        TrainConfig(latent_theta="marginal", prior_components=0)
 
 
 def test_profile_loss_at_the_measurement_is_the_marginal_chi2(tiny, released_model):

@@ -35,6 +35,7 @@ import numpy as np
 from .. import likelihood as lik
 from ..batching import map_batched
 from ..model import network
+from .population import neg2_log_density, quadratic_majorizer
 from .rebuild import inverse_lower, whitening
 
 __all__ = ["photometric_whitening", "photometric_whitening_all", "star_joint_fit", "joint_fit_all"]
@@ -48,7 +49,8 @@ def photometric_whitening(s: lik.StarData):
     return whitening(lik.stabilize_diagonal(C), s.y_obs)
 
 
-def star_joint_fit(params, theta_med, theta_std, s: lik.StarData, theta, E, n_steps: int = 5, damping: float = 1e-3):
+def star_joint_fit(params, theta_med, theta_std, s: lik.StarData, theta, E, n_steps: int = 5, damping: float = 1e-3,
+                   prior=None):
     """Minimize one star's term of the joint objective (module docstring) over (θ, E) at a fixed network.
 
     Levenberg–Marquardt in standardized θ: ``n_steps`` steps from (θ, E), each accepted only if it
@@ -58,6 +60,9 @@ def star_joint_fit(params, theta_med, theta_std, s: lik.StarData, theta, E, n_st
     ----------
     s : StarData of one star (θ̂ = ``s.theta`` is the measurement, ``s.theta_cov`` its covariance)
     theta : (3,) starting θ [K, dex, dex]; E : () starting E
+    prior : PopulationPrior, optional
+        The population density of standardized θ (:mod:`photoinfer.train.population`): −2 ln p(x) is
+        added to the objective, in the steps through its quadratic majorizer (Eq. X3).
 
     Returns
     -------
@@ -74,14 +79,21 @@ def star_joint_fit(params, theta_med, theta_std, s: lik.StarData, theta, E, n_st
 
     def cost(z):
         r = resid(z)
-        return r @ r
+        return r @ r + (0.0 if prior is None else neg2_log_density(prior, z[:3]))
+
+    def normal_equations(z):
+        r = resid(z)
+        J = jax.jacfwd(resid)(z)
+        H, g = J.T @ J, J.T @ r
+        if prior is not None:
+            Lp, h = quadratic_majorizer(prior, z[:3])
+            H, g = H.at[:3, :3].add(Lp), g.at[:3].add(Lp @ z[:3] - h)
+        return H, g
 
     def step(carry, _):
         z, c, lam = carry
-        r = resid(z)
-        J = jax.jacfwd(resid)(z)
-        H = J.T @ J
-        dz = -jnp.linalg.solve(H + lam * jnp.diag(jnp.diag(H)) + 1e-9 * jnp.eye(4, dtype=H.dtype), J.T @ r)
+        H, g = normal_equations(z)
+        dz = -jnp.linalg.solve(H + lam * jnp.diag(jnp.diag(H)) + 1e-9 * jnp.eye(4, dtype=H.dtype), g)
         z2 = z + dz
         c2 = cost(z2)
         ok = jnp.isfinite(c2) & (c2 < c)
@@ -89,8 +101,7 @@ def star_joint_fit(params, theta_med, theta_std, s: lik.StarData, theta, E, n_st
 
     z0 = jnp.concatenate([network.standardize(theta, theta_med, theta_std), jnp.reshape(E, (1,))])
     (z, c, _), _ = jax.lax.scan(step, (z0, cost(z0), jnp.asarray(damping, z0.dtype)), None, length=n_steps)
-    J = jax.jacfwd(resid)(z)
-    var_E = jnp.linalg.inv(J.T @ J)[3, 3]
+    var_E = jnp.linalg.inv(normal_equations(z)[0])[3, 3]
     r = resid(z)
     n_y = s.y_hat.shape[-1]
     chi2 = r[:n_y + 3] @ r[:n_y + 3]
@@ -99,8 +110,8 @@ def star_joint_fit(params, theta_med, theta_std, s: lik.StarData, theta, E, n_st
 
 def _joint_batch(n_steps):
     @jax.jit
-    def run(params, med, std, s, theta, E):
-        return jax.vmap(lambda si, t, e: star_joint_fit(params, med, std, si, t, e, n_steps))(s, theta, E)
+    def run(params, med, std, s, theta, E, prior):
+        return jax.vmap(lambda si, t, e: star_joint_fit(params, med, std, si, t, e, n_steps, prior=prior))(s, theta, E)
     return run
 
 
@@ -108,8 +119,9 @@ _BATCH = {}
 
 
 def joint_fit_all(params, theta_med, theta_std, data: lik.StarData, theta, E, n_steps: int = 5,
-                  batch_size: int = 8192):
-    """:func:`star_joint_fit` for every star, warm-started at (``theta``, ``E``).
+                  batch_size: int = 8192, prior=None):
+    """:func:`star_joint_fit` for every star, warm-started at (``theta``, ``E``), with the population ``prior``
+    of θ if given.
 
     Returns
     -------
@@ -118,7 +130,7 @@ def joint_fit_all(params, theta_med, theta_std, data: lik.StarData, theta, E, n_
     """
     fn = _BATCH.setdefault(n_steps, _joint_batch(n_steps))
     th, E, var, W, c2, n_obs = map_batched(
-        lambda a: fn(params, theta_med, theta_std, *a),
+        lambda a: fn(params, theta_med, theta_std, *a, prior),
         (data, jnp.asarray(np.nan_to_num(theta), jnp.float32), jnp.asarray(np.nan_to_num(E), jnp.float32)),
         batch_size)
     with np.errstate(invalid="ignore", divide="ignore"):

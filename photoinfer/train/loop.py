@@ -22,7 +22,7 @@ from . import schedule
 from .rebuild import rebuild_all, whitening_all
 
 #: Values of ``TrainConfig.latent_theta``.
-LATENT = ("none", "fit", "profile")
+LATENT = ("none", "fit", "profile", "marginal")
 
 __all__ = ["LATENT", "TrainConfig", "TrainState", "History", "train", "make_optimizer", "batch_loss"]
 
@@ -78,7 +78,7 @@ class TrainConfig:
         the photometry cannot see it) to its maximum-likelihood value under the reddening priors
         (:mod:`photoinfer.train.scale`); the iteration record gives the factor (``R_scale``).
         Off: the paper's alternation alone, along which the scale drifts.
-    latent_theta : {"none", "fit", "profile"}
+    latent_theta : {"none", "fit", "profile", "marginal"}
         ``"none"``: the paper (the network is fed θ̂; θ errors only weight C_y).  Otherwise every
         star's θ and E are fitted with the network (:mod:`photoinfer.train.latent`): after every
         iteration's epochs each (θ_i, E_i) moves to the minimum of its term of the joint objective
@@ -86,9 +86,15 @@ class TrainConfig:
         photometric C_y.  ``"fit"``: the epochs fit the network at fixed (θ_i, E_i);
         ``"profile"``: each step's loss is the joint objective with (θ_i, E_i) profiled out to
         second order about the fitted values, the network's Jacobian live
-        (:mod:`photoinfer.train.profile`).
+        (:mod:`photoinfer.train.profile`).  ``"marginal"``: the profiled loss with the population
+        density p(θ) of the training stars (deconvolved from their θ̂ and C_θ, fitted once before
+        iteration 0; :mod:`photoinfer.train.population`) as every θ_i's prior and ln det H added:
+        the Laplace approximation of the marginal likelihood, θ_i and E_i integrated, not profiled
+        (a consistent estimator where the profile's is not).
     latent_steps : int
         Levenberg–Marquardt steps per star and iteration (5).
+    prior_components : int
+        ``latent_theta="marginal"``: components of the population mixture of θ (48).
     polish_steps, polish_iterations : int
         After the epochs of each of the last ``polish_iterations`` iterations, ``polish_steps``
         full-batch L-BFGS steps on the training loss (:mod:`photoinfer.train.polish`); 0: none.
@@ -117,6 +123,7 @@ class TrainConfig:
     scale_step: bool = False
     latent_theta: str = "none"
     latent_steps: int = 5
+    prior_components: int = 48
     polish_steps: int = 0
     polish_iterations: int = 1
 
@@ -131,14 +138,15 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.latent_theta must be one of {LATENT}, not {self.latent_theta!r}")
         if self.latent_theta != "none" and self.theta_denoise != "none":
             raise ValueError("TrainConfig.latent_theta fits θ per star; it cannot be combined with theta_denoise")
-        if self.polish_steps > 0 and self.latent_theta == "profile":
+        if self.polish_steps > 0 and self.latent_theta in ("profile", "marginal"):
             raise ValueError("TrainConfig.polish_steps cannot be combined with latent_theta='profile': the "
                              "full-batch L-BFGS of the profiled loss hung on 200,000 stars (twice; "
                              "docs/training.md)")
         for name in ("polish_steps", "polish_iterations"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("iterations", "epochs", "batch_size", "n_hidden", "rebuild_batch_size", "latent_steps"):
+        for name in ("iterations", "epochs", "batch_size", "n_hidden", "rebuild_batch_size", "latent_steps",
+                     "prior_components"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
 
@@ -151,7 +159,8 @@ class TrainConfig:
     RESUME_KEYS = ("epochs", "batch_size", "seed", "learning_rate", "lr_decay", "split", "max_sigma_E0_first",
                    "cut_start", "cut_end", "cut_k_end", "n_hidden", "l2_hidden", "l1_extinction",
                    "init_output_bias", "max_cut_fraction", "parallax_residual", "theta_denoise", "scale_step",
-                   "latent_theta", "latent_steps", "polish_steps", "polish_iterations")
+                   "latent_theta", "latent_steps", "prior_components", "polish_steps",
+                   "polish_iterations")
 
 
 @dataclass
@@ -331,6 +340,21 @@ def _initial_state(cat: Catalog, cfg: TrainConfig, init: StellarModel | None, sp
                       np.zeros(len(cat), np.float32), included, rng.bit_generator.state)
 
 
+def _population_prior(data, select, state: TrainState, cfg: TrainConfig):
+    """The population density of standardized θ (:func:`~photoinfer.train.population.fit_population`) of the
+    selected stars with a finite, positive-definite C_θ; returns (prior, info)."""
+    from .population import fit_population
+    std = np.asarray(state.theta_std, np.float64)
+    x = (np.asarray(data.theta, np.float64) - np.asarray(state.theta_med, np.float64)) / std
+    S = np.asarray(data.theta_cov, np.float64) / np.outer(std, std)
+    ok = select & np.isfinite(x).all(1) & np.isfinite(S).all(axis=(1, 2))
+    ok[ok] = np.linalg.eigvalsh(S[ok])[:, 0] > 0
+    t0 = time.perf_counter()
+    prior, info = fit_population(x[ok], S[ok], cfg.prior_components, seed=cfg.seed)
+    info["seconds"] = time.perf_counter() - t0
+    return prior, info
+
+
 def train(cat: Catalog, config: TrainConfig = TrainConfig(), *, init: StellarModel | None = None,
           resume: TrainState | None = None, callback=None) -> tuple[StellarModel, History]:
     """Train a stellar model on ``cat`` (METHOD §5).
@@ -401,11 +425,20 @@ def train(cat: Catalog, config: TrainConfig = TrainConfig(), *, init: StellarMod
     epoch_fn = _make_epoch(opt, n_batches, bs, B, cfg.l2_hidden, cfg.l1_extinction)
     eval_fn = _make_eval(B, cfg.l2_hidden, cfg.l1_extinction)
     plain_fns, loss_fn, aux = (epoch_fn, eval_fn), None, ()
-    if cfg.latent_theta == "profile":  # from iteration 1 on (after the first joint fit): the profiled loss
-        from .profile import profile_aux, profile_batch_loss
-        profile_fns = (_make_epoch(opt, n_batches, bs, B, cfg.l2_hidden, cfg.l1_extinction, profile_batch_loss),
-                       _make_eval(B, cfg.l2_hidden, cfg.l1_extinction, profile_batch_loss))
-        profile_arrays = profile_aux(data, state.theta_med, state.theta_std)
+    prior, prior_info = None, None
+    profiled = cfg.latent_theta in ("profile", "marginal")
+    if cfg.latent_theta == "marginal":
+        prior, prior_info = _population_prior(data, usable & (split == schedule.TRAIN), state, cfg)
+    if profiled:  # from iteration 1 on (after the first joint fit): the profiled loss
+        from functools import partial
+
+        from .profile import profile_aux, profile_batch_loss, with_population_prior
+        pl = partial(profile_batch_loss, log_det=cfg.latent_theta == "marginal")
+        profile_fns = (_make_epoch(opt, n_batches, bs, B, cfg.l2_hidden, cfg.l1_extinction, pl),
+                       _make_eval(B, cfg.l2_hidden, cfg.l1_extinction, pl))
+        measured_arrays = profile_aux(data, state.theta_med, state.theta_std)
+        profile_arrays = (measured_arrays if prior is None or theta_fit is None
+                          else with_population_prior(measured_arrays, prior, x_all))
     val_idx = jnp.asarray(val_pool if len(val_pool) else train_pool[:1], jnp.int32)
     rng = np.random.default_rng()
     rng.bit_generator.state = state.rng_state
@@ -427,8 +460,8 @@ def train(cat: Catalog, config: TrainConfig = TrainConfig(), *, init: StellarMod
                                                   batch_size=cfg.rebuild_batch_size))
         E_dev = jnp.asarray(E, jnp.float32)
         y_all = data.y_hat
-        if cfg.latent_theta == "profile" and theta_fit is not None:
-            (epoch_fn, eval_fn), loss_fn, aux = profile_fns, profile_batch_loss, profile_arrays
+        if profiled and theta_fit is not None:
+            (epoch_fn, eval_fn), loss_fn, aux = profile_fns, pl, profile_arrays
         else:
             (epoch_fn, eval_fn), loss_fn, aux = plain_fns, None, ()
         train_idx = train_pool[included[train_pool]]
@@ -486,8 +519,10 @@ def train(cat: Catalog, config: TrainConfig = TrainConfig(), *, init: StellarMod
         if cfg.latent_theta != "none":
             from .latent import joint_fit_all
             theta_fit, E_new, var_new, W_host, red, _ = joint_fit_all(params, med32, std32, data, theta_fit, E_start,
-                                                                      cfg.latent_steps, cfg.rebuild_batch_size)
+                                                                      cfg.latent_steps, cfg.rebuild_batch_size, prior)
             x_all = standardized(theta_fit)
+            if profiled and prior is not None:
+                profile_arrays = with_population_prior(measured_arrays, prior, x_all)
         else:
             E_new, var_new, W_host, red, _ = rebuild_all(params, med32, std32, data, cfg.rebuild_batch_size)
         W_dev = jnp.asarray(W_host)
@@ -520,12 +555,15 @@ def train(cat: Catalog, config: TrainConfig = TrainConfig(), *, init: StellarMod
     if not np.isfinite(red).any():  # nothing trained in this call (resumed a finished run): recompute
         if theta_fit is not None:
             from .latent import joint_fit_all
-            red = joint_fit_all(params, med32, std32, data, theta_fit, E, 0, cfg.rebuild_batch_size)[4]
+            red = joint_fit_all(params, med32, std32, data, theta_fit, E, 0, cfg.rebuild_batch_size, prior)[4]
         else:
             _, _, _, red, _ = rebuild_all(params, med32, std32, data, cfg.rebuild_batch_size)
     timings = {"total_seconds": time.perf_counter() - t_start,
                "epochs_seconds": float(sum(r["epochs_seconds"] for r in history["iterations"])),
                "rebuild_seconds": float(sum(r["rebuild_seconds"] for r in history["iterations"]))}
+    if prior_info is not None:
+        timings["population_seconds"] = prior_info["seconds"]
+        timings["population_em_iterations"] = len(prior_info["log_likelihood"])
     hist = History(history["epochs"], history["iterations"], split, usable, included,
                    np.where(usable, E, np.nan), np.where(usable, np.sqrt(var_E), np.nan),
                    np.where(usable, red, np.nan), cfg.to_dict(), timings,

@@ -1,4 +1,4 @@
-"""The profiled joint objective (``latent_theta="profile"``): each star's θ and E profiled out to second
+"""The profiled joint objective (``latent_theta="profile"``, and with ``"marginal"``): each star's θ and E profiled out to second
 order inside every training step.
 
 With ``latent_theta="fit"`` (:mod:`photoinfer.train.latent`) the epochs fit the network at fixed
@@ -28,16 +28,18 @@ import jax.numpy as jnp
 
 from ..model import network
 
-__all__ = ["star_profile_loss", "profile_batch_loss", "profile_aux"]
+__all__ = ["star_profile_loss", "profile_batch_loss", "profile_aux", "with_population_prior"]
 
 
-def star_profile_loss(params, x_star, E_star, x_hat, Lam_x, E0, ivar_E0, y, W):
-    """One star's profiled loss (module docstring).
+def star_profile_loss(params, x_star, E_star, x_hat, Lam_x, E0, ivar_E0, y, W, log_det: bool = False):
+    """One star's profiled loss (module docstring); with ``log_det``, plus ln det H: the Laplace
+    approximation of −2 ln ∫ L dθ dE (the marginal likelihood, θ and E integrated instead of profiled).
 
     Parameters
     ----------
     x_star : (3,) standardized fitted θ*; E_star : () fitted E*
-    x_hat : (3,) standardized θ̂; Lam_x : (3, 3) its precision in standardized units
+    x_hat : (3,) standardized θ̂; Lam_x : (3, 3) its precision in standardized units (with a population
+        prior: x̃ and Λ̃ of :func:`~photoinfer.train.population.combine_with_measurement`)
     E0, ivar_E0 : () reddening prior mean and 1/σ²_E₀
     y : (B,) ŷ; W : (B, B) photometric whitening factor
 
@@ -58,16 +60,20 @@ def star_profile_loss(params, x_star, E_star, x_hat, Lam_x, E0, ivar_E0, y, W):
     H = WJ.T @ WJ + Lam
     g = WJ.T @ r0 + Lam @ d
     chi2 = r0 @ r0
-    return chi2 + d @ Lam @ d - g @ jnp.linalg.solve(H, g), chi2
+    loss = chi2 + d @ Lam @ d - g @ jnp.linalg.solve(H, g)
+    if log_det:
+        loss = loss + 2.0 * jnp.sum(jnp.log(jnp.diag(jnp.linalg.cholesky(H))))
+    return loss, chi2
 
 
-def profile_batch_loss(params, x, E, y, W, w, x_hat, Lam_x, E0, ivar_E0, n_bands: int, l2: float, l1: float):
+def profile_batch_loss(params, x, E, y, W, w, x_hat, Lam_x, E0, ivar_E0, n_bands: int, l2: float, l1: float,
+                       log_det: bool = False):
     """Σ w loss_i/B / Σ w + regularization over a batch (as :func:`~photoinfer.train.loop.batch_loss`).
 
     x, E : the fitted (θ*, E*) (standardized θ); the rest per star as :func:`star_profile_loss`.
     Returns (loss, data) with data the batch mean of loss_i/B.
     """
-    li, _ = jax.vmap(lambda *a: star_profile_loss(params, *a))(x, E, x_hat, Lam_x, E0, ivar_E0, y, W)
+    li, _ = jax.vmap(lambda *a: star_profile_loss(params, *a, log_det=log_det))(x, E, x_hat, Lam_x, E0, ivar_E0, y, W)
     li = jnp.where(w > 0, li, 0.0)
     data = jnp.sum(w * li) / jnp.maximum(jnp.sum(w), 1.0) / n_bands
     return data + network.regularization(params, l2, l1), data
@@ -89,3 +95,18 @@ def profile_aux(data, theta_med, theta_std):
     ivar = np.where(np.isfinite(s) & (s > 0), 1.0 / np.where(s > 0, s, 1.0) ** 2, 1.0)
     f32 = lambda a: jnp.asarray(np.nan_to_num(a), jnp.float32)  # noqa: E731
     return f32(x_hat), f32(lam), f32(data.E0), f32(ivar)
+
+
+@jax.jit
+def _combine(prior, x_at, x_hat, lam):
+    from .population import combine_with_measurement
+    return jax.vmap(lambda a, b, c: combine_with_measurement(prior, a, b, c))(x_at, x_hat, lam)
+
+
+def with_population_prior(aux, prior, x_star, batch_size: int = 65536):
+    """``aux`` of :func:`profile_aux` with (x̂, Λ_x) replaced by the measurement and the population prior's
+    quadratic majorizer at the fitted ``x_star`` (N, 3) combined (Eq. X3); recomputed after every joint fit."""
+    from ..batching import map_batched
+    x_hat, lam, E0, ivar = aux
+    xt, Lt = map_batched(lambda a: _combine(prior, *a), (x_star, x_hat, lam), batch_size)
+    return jnp.asarray(xt, jnp.float32), jnp.asarray(Lt, jnp.float32), E0, ivar
