@@ -178,3 +178,40 @@ def test_profile_loss_at_the_measurement_is_the_marginal_chi2(tiny, released_mod
         direct = float(r @ P @ r)
         assert abs(float(loss) - direct) <= 2e-3 * max(direct, 1.0), (i, float(loss), direct)
         assert float(loss) <= float(chi2) * (1 + 1e-4) + 1e-4
+
+
+
+def test_gauss_newton_steps_recover_the_network_and_the_latents(released_model, tiny):
+    """Joint Gauss–Newton steps (Eq. GN1, photoinfer/train/gauss_newton.py) on targets made noise-free by the
+    released model at every star's (θ̂, E₀) (so the truth has F = 0 apart from the regularization): from
+    perturbed parameters (M_G off by ~0.2 mag) and latents shifted by 0.3 σ, 12 steps bring F down 10³× (measured 4,400×) and
+    M_G at the stars' θ closer to the truth's by more than 6× (measured 0.023 mag from ≥ 0.1), each
+    accepted step lowering F."""
+    from photoinfer.train.gauss_newton import gauss_newton_steps
+    from photoinfer.train.latent import photometric_whitening_all
+    from photoinfer.train.profile import profile_aux
+    d = star_data(tiny)
+    keep = np.flatnonzero(tiny.usable(TRAINING_UNUSABLE))[:300]
+    d = jax.tree_util.tree_map(lambda a: a[keep], d)
+    med, std = np.asarray(released_model.theta_med), np.asarray(released_model.theta_std)
+    x_hat, lam, E0, ivar = profile_aux(d, med, std)
+    p0 = released_model.params
+    z_true = jnp.concatenate([x_hat, E0[:, None]], axis=1)
+    y = jax.vmap(lambda z: network.colour_basis_absolute(p0, z[:3])
+                 + z[3] * network.to_colour_basis(network.extinction_vector(p0, z[:3])))(z_true)
+    W = jnp.asarray(photometric_whitening_all(d))
+    y = jnp.where(np.asarray(d.y_obs), y, 0.0)
+    rng = np.random.default_rng(seed())
+    leaves, tree = jax.tree_util.tree_flatten(p0)
+    p1 = jax.tree_util.tree_unflatten(tree, [jnp.asarray(a + 0.02 * rng.normal(size=a.shape), jnp.float32) for a in leaves])
+    sig = np.sqrt(np.diagonal(np.linalg.inv(np.asarray(lam)), axis1=1, axis2=2))
+    z1 = z_true + jnp.asarray(np.c_[0.3 * sig * rng.normal(size=sig.shape), 0.3 / np.sqrt(np.asarray(ivar))[:, None]
+                                    * rng.normal(size=(len(sig), 1))], jnp.float32)
+    p2, z2, hist = gauss_newton_steps(p1, z1, y, W, z_true, lam, ivar, n_bands=y.shape[1], l2=0.0, l1=0.0,
+                                      n_steps=12, n_curvature=len(keep), batch_size=128)
+    F = [h["F_before"] for h in hist] + [hist[-1]["F_after"]]
+    assert all(b <= a for a, b in zip(F, F[1:]))
+    assert F[-1] < 1e-3 * F[0], F
+    m_true = network.colour_basis_absolute(p0, x_hat)[:, 0]
+    rms = [float(jnp.sqrt(jnp.mean((network.colour_basis_absolute(p, x_hat)[:, 0] - m_true) ** 2))) for p in (p1, p2)]
+    assert rms[0] > 0.1 and rms[1] < 0.15 * rms[0], rms  # (300 stars leave some (w, z) directions flat)

@@ -26,9 +26,12 @@ parallax, no log bias (docs/training.md).  The default, magnitude, is the paper'
 --latent-theta profile fits every star's theta and E with the network (the joint objective:
 photometry, theta measurement and reddening prior), each step's loss having them profiled out
 with the network's Jacobian live: removes the errors-in-variables bias of regressing on the
-measured theta (docs/training.md).  --latent-theta fit: the same objective by plain alternation.
+measured theta (docs/training.md).  --latent-theta marginal: the same, with every star's theta
+integrated against the training stars' own population density of theta (deconvolved from their
+errors) instead of profiled: the consistent estimator.  --latent-theta fit: the profile's
+objective by plain alternation.
 --polish-steps N adds N full-batch L-BFGS steps after the epochs of the last
---polish-iterations iterations (not with --latent-theta profile).
+--polish-iterations iterations (not with --latent-theta profile or marginal).
 
 Small catalogs need small batches: with B stars per batch there are 0.7 N / B steps per
 epoch; 8,000 stars at --batch-size 64 converge in the default 20 x 25 schedule.
@@ -61,14 +64,16 @@ def add_arguments(p) -> None:
                    help="after every iteration, set the overall scale of R (every E scaled inversely, which the "
                         "photometry cannot see) to its maximum likelihood under the reddening priors (see "
                         "docs/training.md; default off, the paper)")
-    p.add_argument("--latent-theta", choices=("none", "fit", "profile"), default="none",
+    p.add_argument("--latent-theta", choices=("none", "fit", "profile", "marginal"), default="none",
                    help="none (the paper; default): the network is fed the measured theta.  profile: every star's "
                         "theta and E are fitted with the network, profiled out of each step's loss with the "
-                        "network's Jacobian live (removes the errors-in-variables bias); fit: the same objective "
-                        "by alternation (slow to converge; see docs/training.md)")
+                        "network's Jacobian live (removes most of the errors-in-variables bias); marginal: "
+                        "theta and E integrated (Laplace) against the training stars' deconvolved population "
+                        "density of theta (consistent); fit: the profile's objective by alternation (slow to "
+                        "converge; see docs/training.md)")
     p.add_argument("--polish-steps", type=int, default=0, metavar="N",
                    help="full-batch L-BFGS steps after the epochs of each of the last --polish-iterations "
-                        "iterations (default 0: none; not with --latent-theta profile)")
+                        "iterations (default 0: none; not with --latent-theta profile or marginal)")
     p.add_argument("--polish-iterations", type=int, default=1, metavar="K",
                    help="how many of the last iterations get --polish-steps (default 1)")
     p.add_argument("--init", metavar="MODEL", default=None,

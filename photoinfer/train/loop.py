@@ -93,6 +93,11 @@ class TrainConfig:
         (a consistent estimator where the profile's is not).
     latent_steps : int
         Levenberg–Marquardt steps per star and iteration (5).
+    gn_steps, gn_curvature : int
+        With ``latent_theta`` "profile" or "marginal", from iteration 1 on: after each iteration's epochs,
+        ``gn_steps`` joint Gauss–Newton (Levenberg–Marquardt) steps on the network and the training
+        stars' (θ_i, E_i) (:mod:`photoinfer.train.gauss_newton`), the curvature summed over a random
+        ``gn_curvature`` of them (0: none; 16384).
     prior_components : int
         ``latent_theta="marginal"``: components of the population mixture of θ (48).
     polish_steps, polish_iterations : int
@@ -124,6 +129,8 @@ class TrainConfig:
     latent_theta: str = "none"
     latent_steps: int = 5
     prior_components: int = 48
+    gn_steps: int = 0
+    gn_curvature: int = 16384
     polish_steps: int = 0
     polish_iterations: int = 1
 
@@ -138,11 +145,14 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.latent_theta must be one of {LATENT}, not {self.latent_theta!r}")
         if self.latent_theta != "none" and self.theta_denoise != "none":
             raise ValueError("TrainConfig.latent_theta fits θ per star; it cannot be combined with theta_denoise")
+        if self.gn_steps > 0 and self.latent_theta not in ("profile", "marginal"):
+            raise ValueError("TrainConfig.gn_steps needs latent_theta 'profile' or 'marginal' (the steps move the "
+                             "stars' latent θ and E with the network)")
         if self.polish_steps > 0 and self.latent_theta in ("profile", "marginal"):
             raise ValueError("TrainConfig.polish_steps cannot be combined with latent_theta='profile': the "
                              "full-batch L-BFGS of the profiled loss hung on 200,000 stars (twice; "
                              "docs/training.md)")
-        for name in ("polish_steps", "polish_iterations"):
+        for name in ("polish_steps", "polish_iterations", "gn_steps"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
         for name in ("iterations", "epochs", "batch_size", "n_hidden", "rebuild_batch_size", "latent_steps",
@@ -159,7 +169,7 @@ class TrainConfig:
     RESUME_KEYS = ("epochs", "batch_size", "seed", "learning_rate", "lr_decay", "split", "max_sigma_E0_first",
                    "cut_start", "cut_end", "cut_k_end", "n_hidden", "l2_hidden", "l1_extinction",
                    "init_output_bias", "max_cut_fraction", "parallax_residual", "theta_denoise", "scale_step",
-                   "latent_theta", "latent_steps", "prior_components", "polish_steps",
+                   "latent_theta", "latent_steps", "prior_components", "gn_steps", "gn_curvature", "polish_steps",
                    "polish_iterations")
 
 
@@ -487,6 +497,26 @@ def train(cat: Catalog, config: TrainConfig = TrainConfig(), *, init: StellarMod
             history["epochs"].append(rec)
             if callback is not None:
                 callback("epoch", None, rec)
+        gn = None
+        if cfg.gn_steps > 0 and profiled and theta_fit is not None:
+            from .gauss_newton import gauss_newton_steps
+            tg = time.perf_counter()
+            ti = np.asarray(train_idx)
+            tj = jnp.asarray(ti, jnp.int32)
+            z = jnp.concatenate([x_all[tj], E_dev[tj][:, None]], axis=1)
+            xt, Lt, E0a, iva = (a[tj] for a in aux)
+            params, z_new, gh = gauss_newton_steps(
+                params, z, y_all[tj], W_dev[tj], jnp.concatenate([xt, E0a[:, None]], axis=1), Lt, iva,
+                n_bands=B, l2=cfg.l2_hidden, l1=cfg.l1_extinction, n_steps=cfg.gn_steps,
+                n_curvature=cfg.gn_curvature, seed=cfg.seed * 1000 + k)
+            theta_fit = np.array(theta_fit)
+            theta_fit[ti] = np.asarray(state.theta_med) + np.asarray(state.theta_std) * np.asarray(z_new[:, :3], np.float64)
+            E = np.array(E, np.float32)
+            E[ti] = z_new[:, 3]
+            x_all = standardized(theta_fit)
+            vloss, _ = eval_fn(params, x_all, jnp.asarray(E, jnp.float32), y_all, W_dev, val_idx, val_w, aux)
+            gn = {"F": [h["F_after"] for h in gh], "accepted": sum(h["accepted"] for h in gh),
+                  "val_loss_after": float(vloss), "seconds": time.perf_counter() - tg}
         polish = None
         if cfg.polish_steps > 0 and k >= cfg.iterations - cfg.polish_iterations:
             from .polish import lbfgs_polish
@@ -544,7 +574,7 @@ def train(cat: Catalog, config: TrainConfig = TrainConfig(), *, init: StellarMod
                 "dE_rms": float(np.sqrt(np.mean(dE ** 2))) if len(dE) else 0.0,
                 "dE_max_abs": float(np.max(np.abs(dE))) if len(dE) else 0.0,
                 "train_loss": history["epochs"][-1]["train_loss"], "val_loss": history["epochs"][-1]["val_loss"],
-                "R_scale": r_scale, "polish": polish, "n_parallax": int(np.asarray(data.y_obs)[usable, 0].sum()), "epochs_seconds": epochs_s, "rebuild_seconds": time.perf_counter() - t_rebuild
+                "R_scale": r_scale, "polish": polish, "gauss_newton": gn, "n_parallax": int(np.asarray(data.y_obs)[usable, 0].sum()), "epochs_seconds": epochs_s, "rebuild_seconds": time.perf_counter() - t_rebuild
                 + (t_epochs - t0), "star_epochs_per_second": len(train_idx) * cfg.epochs / epochs_s}
         history["iterations"].append(irec)
         state = TrainState(k + 1, params, opt_state, state.theta_med, state.theta_std, E, var_E, included,
