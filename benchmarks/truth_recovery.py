@@ -186,6 +186,8 @@ def run(n=200000, seed=1, iterations=20, epochs=25, batch_size=1024, out=None, t
         "train_config": cfg.to_dict(),
         "theta_denoise": theta_denoise, "scale_step": scale_step,
         "R_scale_per_iteration": [r.get("R_scale", 1.0) for r in hist.iterations],
+        "gauss_newton_per_iteration": [r.get("gauss_newton") for r in hist.iterations],
+        "loss_per_iteration": [[r.get("train_loss"), r.get("val_loss")] for r in hist.iterations],
         "reddening_prior_error": reddening_prior_error, "parallax_residual": parallax_residual,
         "theta_error_scale": theta_error_scale, "parallax_error_scale": parallax_error_scale,
         "theta_err_median": np.median(sig_th, axis=0).tolist(),

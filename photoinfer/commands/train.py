@@ -71,6 +71,10 @@ def add_arguments(p) -> None:
                         "theta and E integrated (Laplace) against the training stars' deconvolved population "
                         "density of theta (consistent); fit: the profile's objective by alternation (slow to "
                         "converge; see docs/training.md)")
+    p.add_argument("--gn-steps", type=int, default=0, metavar="N",
+                   help="with --latent-theta profile or marginal: N joint Gauss-Newton steps on the network and "
+                        "every training star's theta and E after each iteration's epochs (from iteration 1; "
+                        "default 0: none; see docs/training.md)")
     p.add_argument("--polish-steps", type=int, default=0, metavar="N",
                    help="full-batch L-BFGS steps after the epochs of each of the last --polish-iterations "
                         "iterations (default 0: none; not with --latent-theta profile or marginal)")
@@ -112,7 +116,8 @@ def run(args) -> int:
     config = TrainConfig(iterations=args.iterations, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
                          parallax_residual=args.parallax_residual, theta_denoise=args.theta_denoise,
                          scale_step=args.scale_step, latent_theta=args.latent_theta,
-                         polish_steps=args.polish_steps, polish_iterations=args.polish_iterations)
+                         polish_steps=args.polish_steps, polish_iterations=args.polish_iterations,
+                         gn_steps=args.gn_steps)
     init = load_model(args.init) if args.init else None
     fingerprint = catalog_fingerprint(cat)
     ckdir = checkpoint_dir(out)
@@ -177,6 +182,8 @@ def _argv(args):
         parts.append("--scale-step")
     if args.latent_theta != "none":
         parts.append(f"--latent-theta {args.latent_theta}")
+    if args.gn_steps:
+        parts.append(f"--gn-steps {args.gn_steps}")
     if args.polish_steps:
         parts.append(f"--polish-steps {args.polish_steps} --polish-iterations {args.polish_iterations}")
     if args.init:
