@@ -28,8 +28,12 @@ photometry, theta measurement and reddening prior), each step's loss having them
 with the network's Jacobian live: removes the errors-in-variables bias of regressing on the
 measured theta (docs/training.md).  --latent-theta marginal: the same, with every star's theta
 integrated against the training stars' own population density of theta (deconvolved from their
-errors) instead of profiled: the consistent estimator.  --latent-theta fit: the profile's
+errors) instead of profiled (consistent in the theta errors; R closer to the truth, M_G
+not: see docs/benchmarks.md).  --latent-theta fit: the profile's
 objective by plain alternation.
+--gn-steps N adds N joint Gauss-Newton steps on the network and every training star's theta and E
+after each iteration's epochs (with --latent-theta profile or marginal): the best from-scratch
+recovery measured (docs/benchmarks.md).
 --polish-steps N adds N full-batch L-BFGS steps after the epochs of the last
 --polish-iterations iterations (not with --latent-theta profile or marginal).
 
@@ -41,6 +45,7 @@ examples:
   photoinfer train --catalog green2020_sample_8k.h5 --out m.h5 --batch-size 64 --seed 1
   photoinfer train --catalog more_stars.parquet --out tuned.h5 --init my_model.h5 --iterations 5
   photoinfer train --catalog mock.parquet --out m.h5 --latent-theta profile --parallax-residual parallax --scale-step
+  photoinfer train --catalog mock.parquet --out m.h5 --latent-theta profile --gn-steps 5 --parallax-residual parallax --scale-step
 """
 
 
@@ -69,7 +74,7 @@ def add_arguments(p) -> None:
                         "theta and E are fitted with the network, profiled out of each step's loss with the "
                         "network's Jacobian live (removes most of the errors-in-variables bias); marginal: "
                         "theta and E integrated (Laplace) against the training stars' deconvolved population "
-                        "density of theta (consistent); fit: the profile's objective by alternation (slow to "
+                        "density of theta (consistent in the theta errors); fit: the profile's objective by alternation (slow to "
                         "converge; see docs/training.md)")
     p.add_argument("--gn-steps", type=int, default=0, metavar="N",
                    help="with --latent-theta profile or marginal: N joint Gauss-Newton steps on the network and "

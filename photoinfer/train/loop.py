@@ -90,7 +90,7 @@ class TrainConfig:
         density p(θ) of the training stars (deconvolved from their θ̂ and C_θ, fitted once before
         iteration 0; :mod:`photoinfer.train.population`) as every θ_i's prior and ln det H added:
         the Laplace approximation of the marginal likelihood, θ_i and E_i integrated, not profiled
-        (a consistent estimator where the profile's is not).
+        (consistent in the θ errors where the profile is not; the distance term is not modelled).
     latent_steps : int
         Levenberg–Marquardt steps per star and iteration (5).
     gn_steps, gn_curvature : int
