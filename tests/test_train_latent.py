@@ -146,6 +146,10 @@ def test_latent_config_checks():
         TrainConfig(latent_steps=0)
     with pytest.raises(ValueError, match="polish_steps"):
         TrainConfig(latent_theta="marginal", polish_steps=10)
+    with pytest.raises(ValueError, match="gn_steps"):
+        TrainConfig(latent_theta="marginal", gn_steps=5)
+    with pytest.raises(ValueError, match="gn_steps"):
+        TrainConfig(gn_steps=5)
     with pytest.raises(ValueError, match="prior_components"):
         TrainConfig(latent_theta="marginal", prior_components=0)
 

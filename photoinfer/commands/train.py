@@ -32,7 +32,7 @@ errors) instead of profiled (consistent in the theta errors; R closer to the tru
 not: see docs/benchmarks.md).  --latent-theta fit: the profile's
 objective by plain alternation.
 --gn-steps N adds N joint Gauss-Newton steps on the network and every training star's theta and E
-after each iteration's epochs (with --latent-theta profile or marginal): the best from-scratch
+after each iteration's epochs (with --latent-theta profile only): the best from-scratch
 recovery measured (docs/benchmarks.md).
 --polish-steps N adds N full-batch L-BFGS steps after the epochs of the last
 --polish-iterations iterations (not with --latent-theta profile or marginal).
@@ -77,7 +77,7 @@ def add_arguments(p) -> None:
                         "density of theta (consistent in the theta errors); fit: the profile's objective by alternation (slow to "
                         "converge; see docs/training.md)")
     p.add_argument("--gn-steps", type=int, default=0, metavar="N",
-                   help="with --latent-theta profile or marginal: N joint Gauss-Newton steps on the network and "
+                   help="with --latent-theta profile: N joint Gauss-Newton steps on the network and "
                         "every training star's theta and E after each iteration's epochs (from iteration 1; "
                         "default 0: none; see docs/training.md)")
     p.add_argument("--polish-steps", type=int, default=0, metavar="N",
