@@ -133,25 +133,20 @@ def test_polish_reaches_the_minimum_adam_leaves(released_model, tiny):
     assert float(final) < 1e-2 * float(losses[0]), (float(losses[0]), float(final))
 
 
-def test_latent_config_checks():
-    with pytest.raises(ValueError, match="latent_theta"):
-        TrainConfig(latent_theta="fit", theta_denoise="tweedie")
-    with pytest.raises(ValueError, match="polish_steps"):
-        TrainConfig(polish_steps=-1)
-    with pytest.raises(ValueError, match="latent_theta"):
-        TrainConfig(latent_theta="yes")
-    with pytest.raises(ValueError, match="polish_steps"):
-        TrainConfig(latent_theta="profile", polish_steps=10)
-    with pytest.raises(ValueError, match="latent_steps"):
-        TrainConfig(latent_steps=0)
-    with pytest.raises(ValueError, match="polish_steps"):
-        TrainConfig(latent_theta="marginal", polish_steps=10)
-    with pytest.raises(ValueError, match="gn_steps"):
-        TrainConfig(latent_theta="marginal", gn_steps=5)
-    with pytest.raises(ValueError, match="gn_steps"):
-        TrainConfig(gn_steps=5)
-    with pytest.raises(ValueError, match="prior_components"):
-        TrainConfig(latent_theta="marginal", prior_components=0)
+@pytest.mark.parametrize("kwargs, match", [
+    ({"latent_theta": "fit", "theta_denoise": "tweedie"}, "latent_theta"),
+    ({"polish_steps": -1}, "polish_steps"),
+    ({"latent_theta": "yes"}, "latent_theta"),
+    ({"latent_theta": "profile", "polish_steps": 10}, "polish_steps"),
+    ({"latent_steps": 0}, "latent_steps"),
+    ({"latent_theta": "marginal", "polish_steps": 10}, "polish_steps"),
+    ({"latent_theta": "marginal", "gn_steps": 5}, "gn_steps"),
+    ({"gn_steps": 5}, "gn_steps"),
+    ({"latent_theta": "marginal", "prior_components": 0}, "prior_components"),
+])
+def test_latent_config_checks(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**kwargs)
 
 
 def test_profile_loss_at_the_measurement_is_the_marginal_chi2(tiny, released_model):
