@@ -137,11 +137,11 @@ def gauss_newton_steps(params, z, y, W, z_tilde, Lam_x, ivar, *, n_bands: int, l
     @jax.jit
     def gradient_batch(wv, zb, yb, Wb, ztb, Lb, ib, vb):
         p = unravel(wv)
-        r, Jz, Ainv_b, _ = jax.vmap(lambda *a: _star_parts(p, *a))(zb, yb, Wb, ztb, Lb, ib)
+        r, Jz, Ainv_b, Ainv = jax.vmap(lambda *a: _star_parts(p, *a))(zb, yb, Wb, ztb, Lb, ib)
         u = (r - jnp.einsum("nbk,nk->nb", Jz, Ainv_b)) * vb[:, None]
         # Σ J_wᵀ u with J_w = W ∂f/∂w: the VJP of w ↦ Σ_i W_i f(w, z_i) with cotangents u_i
         fw = lambda ww: jax.vmap(lambda zz, Wz: Wz @ _model(unravel(ww), zz))(zb, Wb)  # noqa: E731
-        return jax.vjp(fw, wv)[1](u)[0]
+        return jax.vjp(fw, wv)[1](u)[0], (Jz, Ainv_b, Ainv)  # (the per-star parts serve every λ's Δz)
 
     @jax.jit
     def curvature_batch(wv, zb, yb, Wb, ztb, Lb, ib):
@@ -152,9 +152,8 @@ def gauss_newton_steps(params, z, y, W, z_tilde, Lam_x, ivar, *, n_bands: int, l
         return M.T @ M
 
     @jax.jit
-    def dz_batch(wv, dw, zb, yb, Wb, ztb, Lb, ib):
-        p = unravel(wv)
-        _, Jz, Ainv_b, Ainv = jax.vmap(lambda *a: _star_parts(p, *a))(zb, yb, Wb, ztb, Lb, ib)
+    def dz_batch(wv, dw, zb, Wb, parts):
+        Jz, Ainv_b, Ainv = parts
         fw = lambda ww: jax.vmap(lambda zz, Wz: Wz @ _model(unravel(ww), zz))(zb, Wb)  # noqa: E731
         Jw_dw = jax.jvp(fw, (wv,), (dw,))[1]  # (b, B)
         CT_dw = jnp.einsum("nbk,nb->nk", Jz, Jw_dw)
@@ -166,7 +165,8 @@ def gauss_newton_steps(params, z, y, W, z_tilde, Lam_x, ivar, *, n_bands: int, l
     lam = damping
     history = []
     for _ in range(n_steps):
-        g = sum(batched(lambda *a: gradient_batch(w, *a), zc, *args[1:], valid))
+        grads, parts = zip(*batched(lambda *a: gradient_batch(w, *a), zc, *args[1:], valid))
+        g = sum(grads)
         rg, rc = _reg_terms(unravel(w), l2, l1, nb)
         g = g - rg
         sub = rng.choice(n, min(n_curvature, n), replace=False)
@@ -180,7 +180,8 @@ def gauss_newton_steps(params, z, y, W, z_tilde, Lam_x, ivar, *, n_bands: int, l
             # (float64: S spans many decades — whitened parallaxes of nearby stars against faint ones)
             dw = jnp.asarray(np.linalg.solve(S + lam * np.diag(np.diag(S)) + 1e-9 * np.trace(S) / P * np.eye(P), g64),
                              jnp.float32)
-            dz = jnp.concatenate(batched(lambda *a: dz_batch(w, dw, *a), zc, *args[1:]))
+            dz = jnp.concatenate([dz_batch(w, dw, zc[i * bs:(i + 1) * bs], args[2][i * bs:(i + 1) * bs], parts[i])
+                                  for i in range(n_batches)])
             w_new, z_new = w + dw, zc + dz
             F_new = objective(w_new, z_new)
             if np.isfinite(F_new) and F_new < F:

@@ -150,7 +150,7 @@ class TrainConfig:
                              "which with 'marginal' is the prior-augmented profile without ln det H — biased "
                              "(measured: started at the truth it drifts to M_G 0.148 mag; docs/benchmarks.md)")
         if self.polish_steps > 0 and self.latent_theta in ("profile", "marginal"):
-            raise ValueError("TrainConfig.polish_steps cannot be combined with latent_theta='profile': the "
+            raise ValueError(f"TrainConfig.polish_steps cannot be combined with latent_theta={self.latent_theta!r}: the "
                              "full-batch L-BFGS of the profiled loss hung on 200,000 stars (twice; "
                              "docs/training.md)")
         for name in ("polish_steps", "polish_iterations", "gn_steps"):
@@ -355,9 +355,8 @@ def _population_prior(data, select, state: TrainState, cfg: TrainConfig):
     """The population density of standardized θ (:func:`~photoinfer.train.population.fit_population`) of the
     selected stars with a finite, positive-definite C_θ; returns (prior, info)."""
     from .population import fit_population
-    std = np.asarray(state.theta_std, np.float64)
-    x = (np.asarray(data.theta, np.float64) - np.asarray(state.theta_med, np.float64)) / std
-    S = np.asarray(data.theta_cov, np.float64) / np.outer(std, std)
+    from .profile import standardized_measurement
+    x, S = standardized_measurement(data, state.theta_med, state.theta_std)
     ok = select & np.isfinite(x).all(1) & np.isfinite(S).all(axis=(1, 2))
     ok[ok] = np.linalg.eigvalsh(S[ok])[:, 0] > 0
     t0 = time.perf_counter()
@@ -502,8 +501,7 @@ def train(cat: Catalog, config: TrainConfig = TrainConfig(), *, init: StellarMod
         if cfg.gn_steps > 0 and profiled and theta_fit is not None:
             from .gauss_newton import gauss_newton_steps
             tg = time.perf_counter()
-            ti = np.asarray(train_idx)
-            tj = jnp.asarray(ti, jnp.int32)
+            tj = jnp.asarray(train_idx, jnp.int32)
             z = jnp.concatenate([x_all[tj], E_dev[tj][:, None]], axis=1)
             xt, Lt, E0a, iva = (a[tj] for a in aux)
             params, z_new, gh = gauss_newton_steps(
@@ -511,9 +509,9 @@ def train(cat: Catalog, config: TrainConfig = TrainConfig(), *, init: StellarMod
                 n_bands=B, l2=cfg.l2_hidden, l1=cfg.l1_extinction, n_steps=cfg.gn_steps,
                 n_curvature=cfg.gn_curvature, seed=cfg.seed * 1000 + k)
             theta_fit = np.array(theta_fit)
-            theta_fit[ti] = np.asarray(state.theta_med) + np.asarray(state.theta_std) * np.asarray(z_new[:, :3], np.float64)
+            theta_fit[train_idx] = np.asarray(state.theta_med) + np.asarray(state.theta_std) * np.asarray(z_new[:, :3], np.float64)
             E = np.array(E, np.float32)
-            E[ti] = z_new[:, 3]
+            E[train_idx] = z_new[:, 3]
             x_all = standardized(theta_fit)
             vloss, _ = eval_fn(params, x_all, jnp.asarray(E, jnp.float32), y_all, W_dev, val_idx, val_w, aux)
             gn = {"F": [h["F_after"] for h in gh], "accepted": sum(h["accepted"] for h in gh),

@@ -28,7 +28,8 @@ import jax.numpy as jnp
 
 from ..model import network
 
-__all__ = ["star_profile_loss", "profile_batch_loss", "profile_aux", "with_population_prior"]
+__all__ = ["star_profile_loss", "profile_batch_loss", "standardized_measurement", "profile_aux",
+           "with_population_prior"]
 
 
 def star_profile_loss(params, x_star, E_star, x_hat, Lam_x, E0, ivar_E0, y, W, log_det: bool = False):
@@ -79,15 +80,21 @@ def profile_batch_loss(params, x, E, y, W, w, x_hat, Lam_x, E0, ivar_E0, n_bands
     return data + network.regularization(params, l2, l1), data
 
 
+def standardized_measurement(data, theta_med, theta_std):
+    """Every star's θ̂ and C_θ in standardized units x = (θ − med)/std: x̂ (N, 3), cov (N, 3, 3), float64
+    (NaN kept)."""
+    import numpy as np
+    med, std = np.asarray(theta_med, np.float64), np.asarray(theta_std, np.float64)
+    return ((np.asarray(data.theta, np.float64) - med) / std,
+            np.asarray(data.theta_cov, np.float64) / np.outer(std, std))
+
+
 def profile_aux(data, theta_med, theta_std):
     """The per-star constants of the profiled loss: (x̂ (N, 3), Λ_x (N, 3, 3), E₀ (N,), 1/σ²_E₀ (N,)),
     float32, finite (a star with a singular C_θ or no prior gets Λ_x = I, 1/σ²_E₀ = 1; such stars are
     never trained on, but a non-finite value would poison the gradient through the batch padding)."""
     import numpy as np
-    th = np.asarray(data.theta, np.float64)
-    med, std = np.asarray(theta_med, np.float64), np.asarray(theta_std, np.float64)
-    x_hat = (th - med) / std
-    cov = np.asarray(data.theta_cov, np.float64) / np.outer(std, std)
+    x_hat, cov = standardized_measurement(data, theta_med, theta_std)
     ok = np.isfinite(cov).all(axis=(1, 2)) & (np.linalg.det(np.where(np.isfinite(cov), cov, 1.0)) > 0)
     lam = np.broadcast_to(np.eye(3), cov.shape).copy()
     lam[ok] = np.linalg.inv(cov[ok])
