@@ -22,6 +22,9 @@ only stars with sigma_parallax/parallax <= 0.2) by the parallax residual (parall
 parallax), in magnitude units, for every star with a parallax (any S/N, negative included),
 relinearized about the current model after every iteration: no selection on the observed
 parallax, no log bias (docs/training.md).  The default, magnitude, is the paper's.
+--distance-prior bayestar (with --parallax-residual parallax) adds the distribution of distances
+along each star's sightline (that Galactic model) to its likelihood: where theta is uncertain,
+at a given apparent magnitude the distant, luminous stars are the more numerous.
 
 --latent-theta profile fits every star's theta and E with the network (the joint objective:
 photometry, theta measurement and reddening prior), each step's loss having them profiled out
@@ -32,7 +35,7 @@ errors) instead of profiled (consistent in the theta errors; R closer to the tru
 not: see docs/benchmarks.md).  --latent-theta fit: the profile's
 objective by plain alternation.
 --gn-steps N adds N joint Gauss-Newton steps on the network and every training star's theta and E
-after each iteration's epochs (with --latent-theta profile only): the best from-scratch
+after each iteration's epochs (with --latent-theta profile or marginal): the best from-scratch
 recovery measured (docs/benchmarks.md).
 --polish-steps N adds N full-batch L-BFGS steps after the epochs of the last
 --polish-iterations iterations (not with --latent-theta profile or marginal).
@@ -46,6 +49,8 @@ examples:
   photoinfer train --catalog more_stars.parquet --out tuned.h5 --init my_model.h5 --iterations 5
   photoinfer train --catalog mock.parquet --out m.h5 --latent-theta profile --parallax-residual parallax --scale-step
   photoinfer train --catalog mock.parquet --out m.h5 --latent-theta profile --gn-steps 5 --parallax-residual parallax --scale-step
+  photoinfer train --catalog mock.parquet --out m.h5 --latent-theta marginal --gn-steps 5 --parallax-residual parallax \
+      --distance-prior bayestar --scale-step
 """
 
 
@@ -76,8 +81,11 @@ def add_arguments(p) -> None:
                         "theta and E integrated (Laplace) against the training stars' deconvolved population "
                         "density of theta (consistent in the theta errors); fit: the profile's objective by alternation (slow to "
                         "converge; see docs/training.md)")
+    p.add_argument("--distance-prior", choices=("none", "bayestar", "brutus"), default="none",
+                   help="with --parallax-residual parallax: the Galactic model whose distribution of distances "
+                        "along each sightline joins every star's likelihood (default none; see docs/training.md)")
     p.add_argument("--gn-steps", type=int, default=0, metavar="N",
-                   help="with --latent-theta profile: N joint Gauss-Newton steps on the network and "
+                   help="with --latent-theta profile or marginal: N joint Gauss-Newton steps on the network and "
                         "every training star's theta and E after each iteration's epochs (from iteration 1; "
                         "default 0: none; see docs/training.md)")
     p.add_argument("--polish-steps", type=int, default=0, metavar="N",
@@ -119,7 +127,8 @@ def run(args) -> int:
     cat = read_catalog(args.catalog)
     log.info("catalog: %s, %d stars", args.catalog, len(cat))
     config = TrainConfig(iterations=args.iterations, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-                         parallax_residual=args.parallax_residual, theta_denoise=args.theta_denoise,
+                         parallax_residual=args.parallax_residual, distance_prior=args.distance_prior,
+                         theta_denoise=args.theta_denoise,
                          scale_step=args.scale_step, latent_theta=args.latent_theta,
                          polish_steps=args.polish_steps, polish_iterations=args.polish_iterations,
                          gn_steps=args.gn_steps)
@@ -181,6 +190,8 @@ def _argv(args):
              f"--epochs {args.epochs}", f"--batch-size {args.batch_size}", f"--seed {args.seed}"]
     if args.parallax_residual != "magnitude":
         parts.append(f"--parallax-residual {args.parallax_residual}")
+    if args.distance_prior != "none":
+        parts.append(f"--distance-prior {args.distance_prior}")
     if args.theta_denoise != "none":
         parts.append(f"--theta-denoise {args.theta_denoise}")
     if args.scale_step:

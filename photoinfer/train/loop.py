@@ -68,6 +68,11 @@ class TrainConfig:
         parallax (any S/N, negative included) enters through the parallax residual
         (ϖ̂ − ϖ_model)/(ϖ_lin·ln10/5), linearized about the current model after every iteration
         (:mod:`photoinfer.train.parallax`); free of the selection on ϖ̂ and of the log bias.
+    distance_prior : {"none", "bayestar", "brutus"}
+        With ``parallax_residual="parallax"``: the distribution of distances along each star's
+        sightline (that Galactic model, :mod:`photoinfer.priors.galactic`) as a factor of its
+        likelihood, p(μ = m̂_G − M_G(θ) − E R_G | l, b) (Eq. P1 of :mod:`photoinfer.train.parallax`):
+        removes the Malmquist-type bias of M_G where θ is uncertain.  Stars without (l, b) get none.
     theta_denoise : {"none", "tweedie"}
         What θ the network is fed: the measured θ̂ (``"none"``, the paper) or the posterior mean
         θ̂ + C_θ ∇ ln p(θ̂) by Tweedie's formula, p the KDE of the training stars' θ̂
@@ -94,7 +99,7 @@ class TrainConfig:
     latent_steps : int
         Levenberg–Marquardt steps per star and iteration (5).
     gn_steps, gn_curvature : int
-        With ``latent_theta="profile"``, from iteration 1 on: after each iteration's epochs,
+        With ``latent_theta="profile"`` or ``"marginal"``, from iteration 1 on: after each iteration's epochs,
         ``gn_steps`` joint Gauss–Newton (Levenberg–Marquardt) steps on the network and the training
         stars' (θ_i, E_i) (:mod:`photoinfer.train.gauss_newton`), the curvature summed over a random
         ``gn_curvature`` of them (0: none; 16384).
@@ -124,6 +129,7 @@ class TrainConfig:
     init_output_bias: bool = True
     max_cut_fraction: float = 0.5
     parallax_residual: str = "magnitude"
+    distance_prior: str = "none"
     theta_denoise: str = "none"
     scale_step: bool = False
     latent_theta: str = "none"
@@ -141,14 +147,19 @@ class TrainConfig:
         from .parallax import RESIDUALS
         if self.parallax_residual not in RESIDUALS:
             raise ValueError(f"TrainConfig.parallax_residual must be one of {RESIDUALS}, not {self.parallax_residual!r}")
+        if self.distance_prior != "none":
+            from ..priors.galactic import galactic_params
+            galactic_params(self.distance_prior)  # (an unknown name raises, naming the choices)
+            if self.parallax_residual != "parallax":
+                raise ValueError("TrainConfig.distance_prior needs parallax_residual='parallax' (it enters through "
+                                 "the linearized parallax pseudo-observation)")
         if self.latent_theta not in LATENT:
             raise ValueError(f"TrainConfig.latent_theta must be one of {LATENT}, not {self.latent_theta!r}")
         if self.latent_theta != "none" and self.theta_denoise != "none":
             raise ValueError("TrainConfig.latent_theta fits θ per star; it cannot be combined with theta_denoise")
-        if self.gn_steps > 0 and self.latent_theta != "profile":
-            raise ValueError("TrainConfig.gn_steps needs latent_theta='profile': the steps minimize a sum of squares, "
-                             "which with 'marginal' is the prior-augmented profile without ln det H — biased "
-                             "(measured: started at the truth it drifts to M_G 0.148 mag; docs/benchmarks.md)")
+        if self.gn_steps > 0 and self.latent_theta not in ("profile", "marginal"):
+            raise ValueError("TrainConfig.gn_steps needs latent_theta='profile' or 'marginal' (the joint steps move "
+                             "every star's latent θ and E with the network)")
         if self.polish_steps > 0 and self.latent_theta in ("profile", "marginal"):
             raise ValueError(f"TrainConfig.polish_steps cannot be combined with latent_theta={self.latent_theta!r}: the "
                              "full-batch L-BFGS of the profiled loss hung on 200,000 stars (twice; "
@@ -169,7 +180,7 @@ class TrainConfig:
     #: Settings that must agree between a checkpoint and the run resuming it (iterations may grow).
     RESUME_KEYS = ("epochs", "batch_size", "seed", "learning_rate", "lr_decay", "split", "max_sigma_E0_first",
                    "cut_start", "cut_end", "cut_k_end", "n_hidden", "l2_hidden", "l1_extinction",
-                   "init_output_bias", "max_cut_fraction", "parallax_residual", "theta_denoise", "scale_step",
+                   "init_output_bias", "max_cut_fraction", "parallax_residual", "distance_prior", "theta_denoise", "scale_step",
                    "latent_theta", "latent_steps", "prior_components", "gn_steps", "gn_curvature", "polish_steps",
                    "polish_iterations")
 
@@ -411,11 +422,12 @@ def train(cat: Catalog, config: TrainConfig = TrainConfig(), *, init: StellarMod
         data = data._replace(theta=jnp.asarray(theta_net, jnp.float32))
     y_obs_paper = np.asarray(data.y_obs)  # the validity maps keep the paper's parallax sample
     px = None
+    dist_prior = None if cfg.distance_prior == "none" else cfg.distance_prior
     if cfg.parallax_residual == "parallax":
         from .parallax import ParallaxInputs, linearized_data, model_distance_modulus
         px = ParallaxInputs(cat)
         if state.mu_lin is not None:
-            data = linearized_data(data, px, state.mu_lin)
+            data = linearized_data(data, px, state.mu_lin, dist_prior)
     mu_lin = state.mu_lin
     med32, std32 = jnp.asarray(state.theta_med, jnp.float32), jnp.asarray(state.theta_std, jnp.float32)
     theta_fit = state.theta_fit
@@ -507,7 +519,7 @@ def train(cat: Catalog, config: TrainConfig = TrainConfig(), *, init: StellarMod
             params, z_new, gh = gauss_newton_steps(
                 params, z, y_all[tj], W_dev[tj], jnp.concatenate([xt, E0a[:, None]], axis=1), Lt, iva,
                 n_bands=B, l2=cfg.l2_hidden, l1=cfg.l1_extinction, n_steps=cfg.gn_steps,
-                n_curvature=cfg.gn_curvature, seed=cfg.seed * 1000 + k)
+                n_curvature=cfg.gn_curvature, seed=cfg.seed * 1000 + k, log_det=cfg.latent_theta == "marginal")
             theta_fit = np.array(theta_fit)
             theta_fit[train_idx] = np.asarray(state.theta_med) + np.asarray(state.theta_std) * np.asarray(z_new[:, :3], np.float64)
             E = np.array(E, np.float32)
@@ -544,7 +556,7 @@ def train(cat: Catalog, config: TrainConfig = TrainConfig(), *, init: StellarMod
         if px is not None:  # relinearize the parallax residual about the current model (at the current E)
             mu_lin = model_distance_modulus(params, med32, std32, px.mag_ref,
                                             np.asarray(data.theta if theta_fit is None else theta_fit), E_start)
-            data = linearized_data(data, px, mu_lin)
+            data = linearized_data(data, px, mu_lin, dist_prior)
         if cfg.latent_theta != "none":
             from .latent import joint_fit_all
             theta_fit, E_new, var_new, W_host, red, _ = joint_fit_all(params, med32, std32, data, theta_fit, E_start,

@@ -26,6 +26,21 @@ model yet) uses the paper's (μ̂, σ_μ) with the same 0.2 cut.
 
 What remains of bias is second order: with μ_lin − μ_true = δ (the model's per-star error: θ̂, E and
 photometric noise), E[μ̃] − μ_true = −(ln10/10)·E[δ²] + O(δ³) (≈ −0.02 mag at δ = 0.3 mag rms).
+
+**Distance prior** (``TrainConfig.distance_prior``).  The parallax residual conditions on m̂_G, but the
+likelihood of a star whose θ is uncertain also has the factor p(m_G | θ, E) = p(μ = m_G − M_G(θ) − E R_G
+| l, b): the distances' distribution along the sightline (Eq. G5 of :mod:`photoinfer.priors.galactic`;
+volume and density).  Without it, integrating or profiling θ_i favours whatever M_G the parallax alone
+allows, where at a given m_G the luminous, distant stars are the more numerous (a Malmquist-type bias
+of M_G, measured 0.03–0.04 mag; docs/benchmarks.md).  Selection on apparent magnitude cancels from it
+(it depends on m_G only).  Within an iteration −2 ln p(μ) enters as its second-order expansion about
+μ* = μ_lin (slope g, curvature a ≥ 0), combined with the parallax's pseudo-observation into one
+Gaussian pseudo-observation of μ (:func:`with_distance_prior`):
+
+    1/σ_μ'² = 1/σ_μ̃² + a,   μ' = σ_μ'² (μ̃/σ_μ̃² + a μ* − g/2)                   (Eq. P1)
+
+which touches −2 ln [N(μ̃; μ, σ_μ̃) p(μ)] at μ* in value (up to a constant) and slope, so a fixed point
+of the iterations is a stationary point of the likelihood with the prior.
 """
 from __future__ import annotations
 
@@ -37,7 +52,8 @@ from ..batching import map_batched
 from ..likelihood import LN10, StarData
 from ..model import network
 
-__all__ = ["RESIDUALS", "pseudo_distance_modulus", "model_distance_modulus", "ParallaxInputs", "linearized_data"]
+__all__ = ["RESIDUALS", "pseudo_distance_modulus", "model_distance_modulus", "ParallaxInputs", "linearized_data",
+           "distance_prior_terms", "with_distance_prior"]
 
 #: Values of ``TrainConfig.parallax_residual``.
 RESIDUALS = ("magnitude", "parallax")
@@ -79,7 +95,7 @@ def model_distance_modulus(params, theta_med, theta_std, mag_ref, theta, E, batc
 
 
 class ParallaxInputs:
-    """What the parallax residual needs of a catalog: m̂_G, ϖ̂, σ_ϖ and which stars can use them.
+    """What the parallax residual needs of a catalog: m̂_G, ϖ̂, σ_ϖ, (l, b) and which stars can use them.
 
     ``usable``: the reference band is observed and ϖ̂, σ_ϖ > 0 are finite (any S/N, any sign).
     """
@@ -89,9 +105,48 @@ class ParallaxInputs:
         self.parallax = np.asarray(cat.parallax, np.float64)
         self.parallax_err = np.asarray(cat.parallax_err, np.float64)
         err = np.asarray(cat.mag_err[:, 0], np.float64)
+        self.l, self.b = np.asarray(cat.l, np.float64), np.asarray(cat.b, np.float64)
         with np.errstate(invalid="ignore"):
             self.usable = (np.isfinite(self.mag_ref) & np.isfinite(err) & (err > 0) & np.isfinite(self.parallax)
                            & np.isfinite(self.parallax_err) & (self.parallax_err > 0))
+
+
+@jax.jit
+def _prior_slope_curvature(mu, l, b, params):
+    from ..priors.galactic import log_prior_mu
+    f = lambda m, ll, bb: -2.0 * log_prior_mu(m, ll, bb, params)  # noqa: E731
+    g = jax.vmap(jax.grad(f))(mu, l, b)
+    a = jax.vmap(jax.grad(jax.grad(f)))(mu, l, b)
+    return g, a
+
+
+def distance_prior_terms(mu, l, b, prior="bayestar", batch_size: int = 65536):
+    """Slope g and curvature a = max(∂², 0) of −2 ln p(μ | l, b) at ``mu`` (Eq. P1), (N,) each.
+
+    Parameters
+    ----------
+    mu : (N,) [mag]; l, b : (N,) [deg]
+    prior : the Galactic model's name or :class:`~photoinfer.priors.galactic.GalacticParams`
+
+    Returns
+    -------
+    g [1/mag], a [1/mag²] : (N,) float64, 0 where μ, l or b is not finite (no prior for that star)
+    """
+    from ..priors.galactic import galactic_params
+    params = galactic_params(prior)
+    mu, l, b = (np.asarray(v, np.float64) for v in (mu, l, b))
+    ok = np.isfinite(mu) & np.isfinite(l) & np.isfinite(b)
+    f32 = lambda v: jnp.asarray(np.where(ok, v, 0.0), jnp.float32)  # noqa: E731
+    g, a = map_batched(lambda t: _prior_slope_curvature(*t, params), (f32(mu), f32(l), f32(b)), batch_size)
+    g, a = np.asarray(g, np.float64), np.maximum(np.asarray(a, np.float64), 0.0)
+    return np.where(ok, g, 0.0), np.where(ok, a, 0.0)
+
+
+def with_distance_prior(mu_tilde, sigma, mu_star, g, a):
+    """The parallax pseudo-observation (μ̃, σ_μ̃) combined with the distance prior's expansion (g, a) at
+    μ* (Eq. P1): (μ', σ_μ') [mag], shapes of the inputs."""
+    prec = 1.0 / np.asarray(sigma, np.float64) ** 2 + a
+    return (mu_tilde / sigma ** 2 + a * mu_star - 0.5 * g) / prec, 1.0 / np.sqrt(prec)
 
 
 def _with_y1(data: StarData, y1, sigma_mu, obs1) -> StarData:
@@ -103,9 +158,14 @@ def _with_y1(data: StarData, y1, sigma_mu, obs1) -> StarData:
                          sigma_mu=jnp.asarray(np.where(obs1, sigma_mu, 0.0), jnp.float32))
 
 
-def linearized_data(data: StarData, px: ParallaxInputs, mu_lin) -> StarData:
-    """``data`` with y₁ = m̂_G − μ̃, σ_μ = σ_μ̃ (linearized about ``mu_lin``) for every star with a parallax."""
+def linearized_data(data: StarData, px: ParallaxInputs, mu_lin, prior=None) -> StarData:
+    """``data`` with y₁ = m̂_G − μ̃, σ_μ = σ_μ̃ (linearized about ``mu_lin``) for every star with a parallax;
+    with a Galactic ``prior`` (name), (μ', σ_μ') of Eq. P1 instead."""
     mu_t, sig = pseudo_distance_modulus(px.parallax, px.parallax_err, mu_lin)
+    if prior is not None:
+        g, a = distance_prior_terms(mu_lin, px.l, px.b, prior)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mu_t, sig = with_distance_prior(mu_t, sig, np.asarray(mu_lin, np.float64), g, a)
     obs1 = px.usable & np.isfinite(mu_t) & np.isfinite(sig) & (sig > 0)
     return _with_y1(data, px.mag_ref - np.nan_to_num(mu_t), np.nan_to_num(sig), obs1)
 
