@@ -99,8 +99,8 @@ def test_train_latent_theta_records_and_resumes(tiny, trained_latent, tmp_path):
     med, std = jnp.asarray(model.theta_med, jnp.float32), jnp.asarray(model.theta_std, jnp.float32)
     prior = None
     if cfg.latent_theta == "marginal":
-        from photoinfer.train.loop import _population_prior
-        prior = _population_prior(star_data(tiny), hist.usable & (hist.split == 0), states[-1], cfg)[0]
+        from photoinfer.train.loop import _population_prior, population_members
+        prior = _population_prior(star_data(tiny), population_members(tiny, cfg) & (hist.split == 0), states[-1], cfg)[0]
     _, E0, _, _, _, _ = joint_fit_all(model.params, med, std, star_data(tiny), states[-1].theta_fit, states[-1].E, 0,
                                       prior=prior)
     np.testing.assert_allclose(E0[usable], hist.E[usable], rtol=1e-6, atol=1e-7)
@@ -143,8 +143,9 @@ def test_polish_reaches_the_minimum_adam_leaves(released_model, tiny):
     ({"latent_theta": "marginal", "polish_steps": 10}, "polish_steps"),
     ({"latent_theta": "fit", "gn_steps": 5}, "gn_steps"),
     ({"gn_steps": 5}, "gn_steps"),
-    ({"distance_prior": "bayestar"}, "parallax_residual"),
-    ({"parallax_residual": "parallax", "distance_prior": "besancon"}, "Galactic parameter set"),
+    ({"latent_theta": "marginal", "distance_prior": "bayestar"}, "parallax_residual"),
+    ({"parallax_residual": "parallax", "distance_prior": "bayestar"}, "latent_theta='marginal'"),
+    ({"latent_theta": "marginal", "parallax_residual": "parallax", "distance_prior": "besancon"}, "Galactic parameter set"),
     ({"latent_theta": "marginal", "prior_components": 0}, "prior_components"),
 ])
 def test_latent_config_checks(kwargs, match):

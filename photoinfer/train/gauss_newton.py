@@ -29,7 +29,9 @@ H_i = J_ziᵀJ_zi + Λ_i (θ_i and E_i integrated instead of profiled; without i
 alone biases M_G: measured 0.148 mag from the truth).  D is not a sum of squares: its gradient enters
 the right-hand sides (b_i → b_i − ½∇_z D_i, g → g − ½∇_w Σ D_i) while its curvature is left out of the
 Gauss–Newton matrix — a preconditioned gradient step on the small term, still accepted only if the whole
-F falls (Eq. GN2).
+F falls (Eq. GN2).  With a distance prior, F has Σ_i 2 ln Z_i(w) too (Eq. P2 of
+:mod:`photoinfer.train.parallax`, ``normalizer``), which depends on the network alone: its gradient joins
+g the same way.
 """
 from __future__ import annotations
 
@@ -103,7 +105,7 @@ def _reg_terms(params, l2, l1, nb):
 
 def gauss_newton_steps(params, z, y, W, z_tilde, Lam_x, ivar, *, n_bands: int, l2: float, l1: float,
                        n_steps: int = 10, n_curvature: int = 16384, batch_size: int = 2048, seed: int = 0,
-                       damping: float = 1e-3, log_det: bool = False):
+                       damping: float = 1e-3, log_det: bool = False, normalizer=None):
     """``n_steps`` Levenberg–Marquardt steps of Eq. GN1 on the training stars.
 
     Parameters
@@ -114,6 +116,8 @@ def gauss_newton_steps(params, z, y, W, z_tilde, Lam_x, ivar, *, n_bands: int, l
     n_bands, l2, l1 : the loss's band count and regularization
     n_curvature : stars in the subsample that forms S
     log_det : with each star's ln det H_i in F (Eq. GN2)
+    normalizer : None or (xs (K, 3), galactic, mag_ref (n,), l (n,), b (n,), has (n,) bool): with Σ_i has_i
+        2 ln Z_i in F (Eq. P2; E₀ and σ_E₀ from z_tilde and ivar)
 
     Returns
     -------
@@ -130,33 +134,51 @@ def gauss_newton_steps(params, z, y, W, z_tilde, Lam_x, ivar, *, n_bands: int, l
     args = [jnp.asarray(np.concatenate([np.asarray(a), np.repeat(np.asarray(a)[:1], pad, 0)]))
             for a in (z, y, W, z_tilde, Lam_x, ivar)]
     valid = jnp.asarray(np.r_[np.ones(n), np.zeros(pad)], jnp.float32)
+    if normalizer is not None:
+        from .parallax import log_normalizer
+        xs, galactic = jnp.asarray(normalizer[0], jnp.float32), normalizer[1]
+        mref, ll, bb, has = (np.asarray(a, np.float64) for a in normalizer[2:])
+        has = has.astype(bool) & np.isfinite(mref) & np.isfinite(ll) & np.isfinite(bb)
+        pad_f = lambda a: jnp.asarray(np.r_[np.where(has, a, 0.0), np.zeros(pad)], jnp.float32)  # noqa: E731
+        norm_args = [pad_f(mref), pad_f(ll), pad_f(bb), jnp.asarray(np.r_[has, np.zeros(pad, bool)], jnp.float32)]
+    else:
+        norm_args = [jnp.zeros(n + pad, jnp.float32)] * 4
+
+    def two_ln_z(wv, ztb, ib, mb, lb, bb, hb):
+        """Σ has_i 2 ln Z_i over a batch (0 without a normalizer)."""
+        if normalizer is None:
+            return 0.0
+        lz = log_normalizer(unravel(wv), xs, mb, ztb[:, 3], 1.0 / jnp.sqrt(ib), lb, bb, galactic)
+        return 2.0 * jnp.sum(hb * lz)
     rng = np.random.default_rng([seed, 11])
 
     def batched(fn, *arrays):
         return [fn(*(a[i * bs:(i + 1) * bs] for a in arrays)) for i in range(n_batches)]
 
     @jax.jit
-    def objective_batch(wv, zb, yb, Wb, ztb, Lb, ib, vb):
+    def objective_batch(wv, zb, yb, Wb, ztb, Lb, ib, vb, mb, lb, bb, hb):
         p = unravel(wv)
         c, q = jax.vmap(lambda *a: joint_objective_terms(p, *a))(zb, yb, Wb, ztb, Lb, ib)
         if log_det:
             q = q + jax.vmap(lambda *a: log_det_h(p, *a))(zb, Wb, Lb, ib)
-        return jnp.sum(vb * (c + q))
+        return jnp.sum(vb * (c + q)) + two_ln_z(wv, ztb, ib, mb, lb, bb, hb * vb)
 
     def objective(wv, zall):
-        data = sum(float(v) for v in batched(lambda *a: objective_batch(wv, *a), zall, *args[1:], valid))
+        data = sum(float(v) for v in batched(lambda *a: objective_batch(wv, *a), zall, *args[1:], valid, *norm_args))
         p = unravel(wv)
         return data + nb * float(network.regularization(p, l2, l1))
 
     @jax.jit
-    def gradient_batch(wv, zb, yb, Wb, ztb, Lb, ib, vb):
+    def gradient_batch(wv, zb, yb, Wb, ztb, Lb, ib, vb, mb, lb, bb, hb):
         p = unravel(wv)
         r, Jz, Ainv_b, Ainv = jax.vmap(lambda *a: _star_parts(p, *a))(zb, yb, Wb, ztb, Lb, ib)
         gD = jnp.zeros_like(wv)
+        if normalizer is not None:  # −½∇_w Σ 2 ln Z_i (Eq. P2)
+            gD = -0.5 * jax.grad(lambda ww: two_ln_z(ww, ztb, ib, mb, lb, bb, hb * vb))(wv)
         if log_det:  # Eq. GN2: b_i − ½∇_z D_i, and −½∇_w Σ D_i
             gz = jax.vmap(jax.grad(lambda zz, *a: log_det_h(p, zz, *a)))(zb, Wb, Lb, ib)
             Ainv_b = Ainv_b - 0.5 * jnp.einsum("nij,nj->ni", Ainv, gz)
-            gD = -0.5 * jax.grad(lambda ww: jnp.sum(vb * jax.vmap(lambda *a: log_det_h(unravel(ww), *a))(zb, Wb, Lb, ib)))(wv)
+            gD = gD - 0.5 * jax.grad(lambda ww: jnp.sum(vb * jax.vmap(lambda *a: log_det_h(unravel(ww), *a))(zb, Wb, Lb, ib)))(wv)
         u = (r - jnp.einsum("nbk,nk->nb", Jz, Ainv_b)) * vb[:, None]
         # Σ J_wᵀ u with J_w = W ∂f/∂w: the VJP of w ↦ Σ_i W_i f(w, z_i) with cotangents u_i
         fw = lambda ww: jax.vmap(lambda zz, Wz: Wz @ _model(unravel(ww), zz))(zb, Wb)  # noqa: E731
@@ -184,7 +206,7 @@ def gauss_newton_steps(params, z, y, W, z_tilde, Lam_x, ivar, *, n_bands: int, l
     lam = damping
     history = []
     for _ in range(n_steps):
-        grads, parts = zip(*batched(lambda *a: gradient_batch(w, *a), zc, *args[1:], valid))
+        grads, parts = zip(*batched(lambda *a: gradient_batch(w, *a), zc, *args[1:], valid, *norm_args))
         g = sum(grads)
         rg, rc = _reg_terms(unravel(w), l2, l1, nb)
         g = g - rg

@@ -69,10 +69,11 @@ class TrainConfig:
         (ϖ̂ − ϖ_model)/(ϖ_lin·ln10/5), linearized about the current model after every iteration
         (:mod:`photoinfer.train.parallax`); free of the selection on ϖ̂ and of the log bias.
     distance_prior : {"none", "bayestar", "brutus"}
-        With ``parallax_residual="parallax"``: the distribution of distances along each star's
+        With ``parallax_residual="parallax"`` and ``latent_theta="marginal"``: the distribution of distances along each star's
         sightline (that Galactic model, :mod:`photoinfer.priors.galactic`) as a factor of its
         likelihood, p(μ = m̂_G − M_G(θ) − E R_G | l, b) (Eq. P1 of :mod:`photoinfer.train.parallax`):
-        removes the Malmquist-type bias of M_G where θ is uncertain.  Stars without (l, b) get none.
+        removes the Malmquist-type bias of M_G where θ is uncertain, with the normalization of
+        p(θ | m_G) (Eq. P2) in the objective.  Stars without (l, b) get none.
     theta_denoise : {"none", "tweedie"}
         What θ the network is fed: the measured θ̂ (``"none"``, the paper) or the posterior mean
         θ̂ + C_θ ∇ ln p(θ̂) by Tweedie's formula, p the KDE of the training stars' θ̂
@@ -95,7 +96,9 @@ class TrainConfig:
         density p(θ) of the training stars (deconvolved from their θ̂ and C_θ, fitted once before
         iteration 0; :mod:`photoinfer.train.population`) as every θ_i's prior and ln det H added:
         the Laplace approximation of the marginal likelihood, θ_i and E_i integrated, not profiled
-        (consistent in the θ errors where the profile is not; the distance term is not modelled).
+        (consistent in the θ errors where the profile is not; the distances' distribution enters with
+        ``distance_prior``, and p(θ) is then fitted to every star with a θ measurement:
+        :func:`population_members`).
     latent_steps : int
         Levenberg–Marquardt steps per star and iteration (5).
     gn_steps, gn_curvature : int
@@ -153,6 +156,9 @@ class TrainConfig:
             if self.parallax_residual != "parallax":
                 raise ValueError("TrainConfig.distance_prior needs parallax_residual='parallax' (it enters through "
                                  "the linearized parallax pseudo-observation)")
+            if self.latent_theta != "marginal":
+                raise ValueError("TrainConfig.distance_prior needs latent_theta='marginal': its normalization (Eq. P2) "
+                                 "integrates the population density of θ")
         if self.latent_theta not in LATENT:
             raise ValueError(f"TrainConfig.latent_theta must be one of {LATENT}, not {self.latent_theta!r}")
         if self.latent_theta != "none" and self.theta_denoise != "none":
@@ -298,12 +304,13 @@ def _make_epoch(opt, n_batches: int, batch_size: int, n_bands: int, l2: float, l
 
     loss_fn = loss_fn or batch_loss
 
-    def epoch(params, opt_state, x, E, y, W, idx, w, aux=()):
+    def epoch(params, opt_state, x, E, y, W, idx, w, aux=(), glob=()):
         def step(carry, b):
             p, s = carry
             i, wb = b
             (loss, data), g = jax.value_and_grad(loss_fn, has_aux=True)(p, x[i], E[i], y[i], W[i], wb,
-                                                                        *(a[i] for a in aux), n_bands, l2, l1)
+                                                                        *(a[i] for a in aux), n_bands, l2, l1,
+                                                                        *((glob,) if glob else ()))
             upd, s2 = opt.update(g, s, p)
             p2 = optax.apply_updates(p, upd)
             live = jnp.sum(wb) > 0  # an all-padding batch makes no step
@@ -321,8 +328,9 @@ def _make_eval(n_bands: int, l2: float, l1: float, loss_fn=None):
     loss_fn = loss_fn or batch_loss
 
     @jax.jit
-    def evaluate(params, x, E, y, W, idx, w, aux=()):
-        return loss_fn(params, x[idx], E[idx], y[idx], W[idx], w, *(a[idx] for a in aux), n_bands, l2, l1)
+    def evaluate(params, x, E, y, W, idx, w, aux=(), glob=()):
+        return loss_fn(params, x[idx], E[idx], y[idx], W[idx], w, *(a[idx] for a in aux), n_bands, l2, l1,
+                       *((glob,) if glob else ()))
     return evaluate
 
 
@@ -360,6 +368,25 @@ def _initial_state(cat: Catalog, cfg: TrainConfig, init: StellarModel | None, sp
     rng = np.random.default_rng([cfg.seed, 1])
     return TrainState(0, params, opt_state, med, std, np.nan_to_num(cat.E0).astype(np.float32),
                       np.zeros(len(cat), np.float32), included, rng.bit_generator.state)
+
+
+#: Draws of the population density that estimate each star's normalization Z_i (Eq. P2 of parallax.py).
+NORMALIZER_DRAWS = 256
+
+
+def population_members(cat: Catalog, cfg: TrainConfig) -> np.ndarray:
+    """Which stars' θ̂ the population density is fitted to, (N,) bool: the usable training stars; with a
+    distance prior, every star with a usable θ measurement, trained on or not.
+
+    With the distance prior each star's θ prior is p(θ) p(μ = m̂_G − M_G(θ) − E R_G | l, b), the selection of
+    the training stars on m_G (a reference magnitude and a parallax) being conditioned on; p(θ) must then
+    be the density before that selection, and the stars it removes (too faint for the reference band) are
+    the faint dwarfs (measured on the default mock: 28 % of the logg > 4.6 stars kept, 98 % of the giants).
+    """
+    if cfg.distance_prior == "none":
+        return cat.usable(TRAINING_UNUSABLE)
+    from ..catalog import Flag
+    return cat.usable(Flag.BAD_THETA | Flag.NO_THETA | Flag.CUT_THETA_ERROR)
 
 
 def _population_prior(data, select, state: TrainState, cfg: TrainConfig):
@@ -450,7 +477,13 @@ def train(cat: Catalog, config: TrainConfig = TrainConfig(), *, init: StellarMod
     prior, prior_info = None, None
     profiled = cfg.latent_theta in ("profile", "marginal")
     if cfg.latent_theta == "marginal":
-        prior, prior_info = _population_prior(data, usable & (split == schedule.TRAIN), state, cfg)
+        prior, prior_info = _population_prior(data, population_members(cat, cfg) & (split == schedule.TRAIN), state, cfg)
+    draws = galactic = None
+    if dist_prior is not None:  # Eq. P2: K fixed draws of p(θ) for the normalization of p(θ | m_G)
+        from ..priors.galactic import galactic_params
+        from .population import sample as sample_population
+        draws = jnp.asarray(sample_population(prior, NORMALIZER_DRAWS, cfg.seed))
+        galactic = galactic_params(dist_prior)
     if profiled:  # from iteration 1 on (after the first joint fit): the profiled loss
         from functools import partial
 
@@ -487,6 +520,14 @@ def train(cat: Catalog, config: TrainConfig = TrainConfig(), *, init: StellarMod
         else:
             (epoch_fn, eval_fn), loss_fn, aux = plain_fns, None, ()
         train_idx = train_pool[included[train_pool]]
+        glob = ()
+        if draws is not None and theta_fit is not None:
+            from .parallax import normalizer_surrogate
+            has_z = np.asarray(data.y_obs)[:, 0]
+            c, d, M0, R0 = normalizer_surrogate(params, draws, galactic, px.mag_ref[train_idx],
+                                                np.asarray(data.E0)[train_idx], np.asarray(data.sigma_E0)[train_idx],
+                                                px.l[train_idx], px.b[train_idx], has_z[train_idx])
+            glob = (draws, c, d, M0, R0, jnp.float32(1.0 / (len(train_idx) * B)))
         val_w = jnp.asarray(included[np.asarray(val_idx)] & (len(val_pool) > 0), jnp.float32)
         lr = schedule.learning_rate(k, cfg.learning_rate, cfg.lr_decay)
         opt_state.hyperparams["learning_rate"] = jnp.asarray(lr, jnp.float32)
@@ -499,9 +540,9 @@ def train(cat: Catalog, config: TrainConfig = TrainConfig(), *, init: StellarMod
             idx = np.zeros(n_batches * bs, np.int32)
             idx[:len(train_idx)] = train_idx[rng.permutation(len(train_idx))]
             params, opt_state, loss, chi2b, nb = epoch_fn(params, opt_state, x_all, E_dev, y_all, W_dev,
-                                                          jnp.asarray(idx), w, aux)
+                                                          jnp.asarray(idx), w, aux, glob)
             loss, chi2b, nb = np.asarray(loss), np.asarray(chi2b), np.asarray(nb)
-            vloss, vchi2 = eval_fn(params, x_all, E_dev, y_all, W_dev, val_idx, val_w, aux)
+            vloss, vchi2 = eval_fn(params, x_all, E_dev, y_all, W_dev, val_idx, val_w, aux, glob)
             rec = {"iteration": k, "epoch": e, "learning_rate": lr,
                    "train_loss": float(np.sum(loss * nb) / max(nb.sum(), 1)),
                    "train_chi2": float(np.sum(chi2b * nb) / max(nb.sum(), 1)),
@@ -519,13 +560,15 @@ def train(cat: Catalog, config: TrainConfig = TrainConfig(), *, init: StellarMod
             params, z_new, gh = gauss_newton_steps(
                 params, z, y_all[tj], W_dev[tj], jnp.concatenate([xt, E0a[:, None]], axis=1), Lt, iva,
                 n_bands=B, l2=cfg.l2_hidden, l1=cfg.l1_extinction, n_steps=cfg.gn_steps,
-                n_curvature=cfg.gn_curvature, seed=cfg.seed * 1000 + k, log_det=cfg.latent_theta == "marginal")
+                n_curvature=cfg.gn_curvature, seed=cfg.seed * 1000 + k, log_det=cfg.latent_theta == "marginal",
+                normalizer=None if draws is None else (draws, galactic, px.mag_ref[train_idx], px.l[train_idx],
+                                                       px.b[train_idx], np.asarray(data.y_obs)[train_idx, 0]))
             theta_fit = np.array(theta_fit)
             theta_fit[train_idx] = np.asarray(state.theta_med) + np.asarray(state.theta_std) * np.asarray(z_new[:, :3], np.float64)
             E = np.array(E, np.float32)
             E[train_idx] = z_new[:, 3]
             x_all = standardized(theta_fit)
-            vloss, _ = eval_fn(params, x_all, jnp.asarray(E, jnp.float32), y_all, W_dev, val_idx, val_w, aux)
+            vloss, _ = eval_fn(params, x_all, jnp.asarray(E, jnp.float32), y_all, W_dev, val_idx, val_w, aux, glob)
             gn = {"F": [h["F_after"] for h in gh], "accepted": sum(h["accepted"] for h in gh),
                   "val_loss_after": float(vloss), "seconds": time.perf_counter() - tg}
         polish = None

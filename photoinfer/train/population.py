@@ -152,6 +152,15 @@ def fit_population(x, S, n_components: int = 48, n_iter: int = 150, seed: int = 
     return prior, {"log_likelihood": lls, "n_stars": n, "n_components": n_components}
 
 
+def sample(prior: PopulationPrior, n: int, seed: int = 0) -> np.ndarray:
+    """``n`` draws (n, 3) float32 from the mixture (Eq. X0), seeded."""
+    rng = np.random.default_rng([seed, 7])
+    w = np.asarray(prior.weights, np.float64)
+    k = rng.choice(len(w), size=n, p=w / w.sum())
+    L = np.linalg.cholesky(np.asarray(prior.covs, np.float64))
+    return (np.asarray(prior.means, np.float64)[k] + np.einsum("nij,nj->ni", L[k], rng.normal(size=(n, 3)))).astype(np.float32)
+
+
 def neg2_log_density(prior: PopulationPrior, x):
     """−2 ln p(x) of Eq. X0 at one point x (3,)."""
     logp = jnp.log(prior.weights) + _log_normal(x[None], prior.means, prior.covs)[0]

@@ -68,16 +68,26 @@ def star_profile_loss(params, x_star, E_star, x_hat, Lam_x, E0, ivar_E0, y, W, l
 
 
 def profile_batch_loss(params, x, E, y, W, w, x_hat, Lam_x, E0, ivar_E0, n_bands: int, l2: float, l1: float,
-                       log_det: bool = False):
+                       surrogate=(), log_det: bool = False):
     """Σ w loss_i/B / Σ w + regularization over a batch (as :func:`~photoinfer.train.loop.batch_loss`).
 
     x, E : the fitted (θ*, E*) (standardized θ); the rest per star as :func:`star_profile_loss`.
+    surrogate : () or (xs (K, 3), c (K,), d (K,), M0 (K,), R0 (K,), scale): the first-order expansion of the
+        training stars' Σ 2 ln Z_i (Eq. P2 of :mod:`photoinfer.train.parallax`) in the network's M_G and R_G
+        at the population draws xs, scale · Σ_k c_k (M_G(x_k) − M0_k) + d_k (R_G(x_k) − R0_k), added whole to
+        every batch's loss (it is a sum over all the stars, already divided by their number × B in scale).
     Returns (loss, data) with data the batch mean of loss_i/B.
     """
     li, _ = jax.vmap(lambda *a: star_profile_loss(params, *a, log_det=log_det))(x, E, x_hat, Lam_x, E0, ivar_E0, y, W)
     li = jnp.where(w > 0, li, 0.0)
     data = jnp.sum(w * li) / jnp.maximum(jnp.sum(w), 1.0) / n_bands
-    return data + network.regularization(params, l2, l1), data
+    loss = data + network.regularization(params, l2, l1)
+    if surrogate:
+        xs, c, d, M0, R0, scale = surrogate
+        MG = network.colour_basis_absolute(params, xs)[:, 0]
+        RG = network.to_colour_basis(network.extinction_vector(params, xs))[:, 0]
+        loss = loss + scale * (jnp.sum(c * (MG - M0)) + jnp.sum(d * (RG - R0)))
+    return loss, data
 
 
 def standardized_measurement(data, theta_med, theta_std):
