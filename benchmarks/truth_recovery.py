@@ -164,6 +164,12 @@ def run(n=200000, seed=1, iterations=20, epochs=25, batch_size=1024, out=None, t
     am_s, r_s, R_mean = compare(model, truth, stars)
     am_bias, r_ratio = compare.bias, compare.ratio
     am_n, r_n, _ = compare(model, truth, nodes)
+    dMG = (np.asarray(model.predict_y(stars, 0.0), float) - np.asarray(truth.predict_y(stars, 0.0), float))[:, 0]
+    logg_bins = [-1.0, 2.5, 3.5, 4.2, 4.5, 6.0]
+    k_bin = np.digitize(stars[:, 1], logg_bins[1:-1])
+    by_logg = {f"{lo:g}-{hi:g}": {"n": int((k_bin == i).sum()), "rms": float(np.sqrt(np.mean(dMG[k_bin == i] ** 2))),
+                                  "mean": float(np.mean(dMG[k_bin == i]))}
+               for i, (lo, hi) in enumerate(zip(logg_bins[:-1], logg_bins[1:])) if (k_bin == i).any()}
     # reddening z-scores of held-out stars with the trained model
     sub = cat.subset(held)
     data = star_data(sub)
@@ -197,6 +203,7 @@ def run(n=200000, seed=1, iterations=20, epochs=25, batch_size=1024, out=None, t
         "region_nodes": int(mask.sum()), "held_out_stars_in_region": int(len(stars)),
         "frac_held_out_in_region": float(in_region[held].mean()),
         "AM_rms_mag_stars": dict(zip(comp, am_s.tolist())), "AM_mean_diff_mag_stars": dict(zip(comp, am_bias.tolist())), "AM_rms_mag_nodes": dict(zip(comp, am_n.tolist())),
+        "M_G_by_true_logg": by_logg,
         "R_true_mean": dict(zip(bands, R_mean.tolist())),
         "R_ratio_median_stars": dict(zip(bands, r_ratio.tolist())),
         "R_rel_rms_stars": {b: v for b, v in zip(bands, r_s.tolist()) if np.isfinite(v)},

@@ -22,9 +22,10 @@ only stars with sigma_parallax/parallax <= 0.2) by the parallax residual (parall
 parallax), in magnitude units, for every star with a parallax (any S/N, negative included),
 relinearized about the current model after every iteration: no selection on the observed
 parallax, no log bias (docs/training.md).  The default, magnitude, is the paper's.
---distance-prior bayestar (with --parallax-residual parallax) adds the distribution of distances
-along each star's sightline (that Galactic model) to its likelihood: where theta is uncertain,
-at a given apparent magnitude the distant, luminous stars are the more numerous.
+--distance-prior bayestar (with --parallax-residual parallax and --latent-theta marginal) adds the
+distribution of distances along each star's sightline (that Galactic model) to its likelihood:
+where theta is uncertain, at a given apparent magnitude the distant, luminous stars are the more
+numerous; the prior's normalization keeps the selection on magnitude out (docs/training.md).
 
 --latent-theta profile fits every star's theta and E with the network (the joint objective:
 photometry, theta measurement and reddening prior), each step's loss having them profiled out
@@ -82,7 +83,7 @@ def add_arguments(p) -> None:
                         "density of theta (consistent in the theta errors); fit: the profile's objective by alternation (slow to "
                         "converge; see docs/training.md)")
     p.add_argument("--distance-prior", choices=("none", "bayestar", "brutus"), default="none",
-                   help="with --parallax-residual parallax: the Galactic model whose distribution of distances "
+                   help="with --parallax-residual parallax and --latent-theta marginal: the Galactic model whose distribution of distances "
                         "along each sightline joins every star's likelihood (default none; see docs/training.md)")
     p.add_argument("--gn-steps", type=int, default=0, metavar="N",
                    help="with --latent-theta profile or marginal: N joint Gauss-Newton steps on the network and "

@@ -116,8 +116,9 @@ def gauss_newton_steps(params, z, y, W, z_tilde, Lam_x, ivar, *, n_bands: int, l
     n_bands, l2, l1 : the loss's band count and regularization
     n_curvature : stars in the subsample that forms S
     log_det : with each star's ln det H_i in F (Eq. GN2)
-    normalizer : None or (xs (K, 3), galactic, mag_ref (n,), l (n,), b (n,), has (n,) bool): with Σ_i has_i
-        2 ln Z_i in F (Eq. P2; E₀ and σ_E₀ from z_tilde and ivar)
+    normalizer : None or (xs (K, 3), galactic, mag_ref, E0, sigma_E0, l, b (m,) each, weight): with
+        weight · Σ 2 ln Z_i over those m stars in F (Eq. P2; a subsample of the training stars, weight = the
+        stars it stands for / m)
 
     Returns
     -------
@@ -134,47 +135,44 @@ def gauss_newton_steps(params, z, y, W, z_tilde, Lam_x, ivar, *, n_bands: int, l
     args = [jnp.asarray(np.concatenate([np.asarray(a), np.repeat(np.asarray(a)[:1], pad, 0)]))
             for a in (z, y, W, z_tilde, Lam_x, ivar)]
     valid = jnp.asarray(np.r_[np.ones(n), np.zeros(pad)], jnp.float32)
-    if normalizer is not None:
+    if normalizer is not None:  # Σ 2 ln Z_i over the given stars, × their weight, in chunks (Eq. P2)
         from .parallax import log_normalizer
         xs, galactic = jnp.asarray(normalizer[0], jnp.float32), normalizer[1]
-        mref, ll, bb, has = (np.asarray(a, np.float64) for a in normalizer[2:])
-        has = has.astype(bool) & np.isfinite(mref) & np.isfinite(ll) & np.isfinite(bb)
-        pad_f = lambda a: jnp.asarray(np.r_[np.where(has, a, 0.0), np.zeros(pad)], jnp.float32)  # noqa: E731
-        norm_args = [pad_f(mref), pad_f(ll), pad_f(bb), jnp.asarray(np.r_[has, np.zeros(pad, bool)], jnp.float32)]
-    else:
-        norm_args = [jnp.zeros(n + pad, jnp.float32)] * 4
+        z_stars = [jnp.asarray(a, jnp.float32) for a in normalizer[2:7]]
+        z_weight = float(normalizer[7])
+        z_fn = jax.jit(lambda wv, *a: 2.0 * jnp.sum(log_normalizer(unravel(wv), xs, *a, galactic)))
+        z_grad = jax.jit(jax.grad(lambda wv, *a: 2.0 * jnp.sum(log_normalizer(unravel(wv), xs, *a, galactic))))
+        chunks = [[a[i:i + bs] for a in z_stars] for i in range(0, len(z_stars[0]), bs)]
 
-    def two_ln_z(wv, ztb, ib, mb, lb, bb, hb):
-        """Σ has_i 2 ln Z_i over a batch (0 without a normalizer)."""
-        if normalizer is None:
-            return 0.0
-        lz = log_normalizer(unravel(wv), xs, mb, ztb[:, 3], 1.0 / jnp.sqrt(ib), lb, bb, galactic)
-        return 2.0 * jnp.sum(hb * lz)
+    def two_ln_z(wv):
+        """z_weight · Σ 2 ln Z_i (0 without a normalizer)."""
+        return 0.0 if normalizer is None else z_weight * sum(float(z_fn(wv, *c)) for c in chunks)
+
+    def two_ln_z_grad(wv):
+        return z_weight * sum(z_grad(wv, *c) for c in chunks)
     rng = np.random.default_rng([seed, 11])
 
     def batched(fn, *arrays):
         return [fn(*(a[i * bs:(i + 1) * bs] for a in arrays)) for i in range(n_batches)]
 
     @jax.jit
-    def objective_batch(wv, zb, yb, Wb, ztb, Lb, ib, vb, mb, lb, bb, hb):
+    def objective_batch(wv, zb, yb, Wb, ztb, Lb, ib, vb):
         p = unravel(wv)
         c, q = jax.vmap(lambda *a: joint_objective_terms(p, *a))(zb, yb, Wb, ztb, Lb, ib)
         if log_det:
             q = q + jax.vmap(lambda *a: log_det_h(p, *a))(zb, Wb, Lb, ib)
-        return jnp.sum(vb * (c + q)) + two_ln_z(wv, ztb, ib, mb, lb, bb, hb * vb)
+        return jnp.sum(vb * (c + q))
 
     def objective(wv, zall):
-        data = sum(float(v) for v in batched(lambda *a: objective_batch(wv, *a), zall, *args[1:], valid, *norm_args))
+        data = sum(float(v) for v in batched(lambda *a: objective_batch(wv, *a), zall, *args[1:], valid)) + two_ln_z(wv)
         p = unravel(wv)
         return data + nb * float(network.regularization(p, l2, l1))
 
     @jax.jit
-    def gradient_batch(wv, zb, yb, Wb, ztb, Lb, ib, vb, mb, lb, bb, hb):
+    def gradient_batch(wv, zb, yb, Wb, ztb, Lb, ib, vb):
         p = unravel(wv)
         r, Jz, Ainv_b, Ainv = jax.vmap(lambda *a: _star_parts(p, *a))(zb, yb, Wb, ztb, Lb, ib)
         gD = jnp.zeros_like(wv)
-        if normalizer is not None:  # −½∇_w Σ 2 ln Z_i (Eq. P2)
-            gD = -0.5 * jax.grad(lambda ww: two_ln_z(ww, ztb, ib, mb, lb, bb, hb * vb))(wv)
         if log_det:  # Eq. GN2: b_i − ½∇_z D_i, and −½∇_w Σ D_i
             gz = jax.vmap(jax.grad(lambda zz, *a: log_det_h(p, zz, *a)))(zb, Wb, Lb, ib)
             Ainv_b = Ainv_b - 0.5 * jnp.einsum("nij,nj->ni", Ainv, gz)
@@ -206,8 +204,10 @@ def gauss_newton_steps(params, z, y, W, z_tilde, Lam_x, ivar, *, n_bands: int, l
     lam = damping
     history = []
     for _ in range(n_steps):
-        grads, parts = zip(*batched(lambda *a: gradient_batch(w, *a), zc, *args[1:], valid, *norm_args))
+        grads, parts = zip(*batched(lambda *a: gradient_batch(w, *a), zc, *args[1:], valid))
         g = sum(grads)
+        if normalizer is not None:  # −½∇_w of z_weight · Σ 2 ln Z_i (Eq. P2)
+            g = g - 0.5 * two_ln_z_grad(w)
         rg, rc = _reg_terms(unravel(w), l2, l1, nb)
         g = g - rg
         sub = rng.choice(n, min(n_curvature, n), replace=False)

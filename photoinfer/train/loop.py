@@ -73,7 +73,9 @@ class TrainConfig:
         sightline (that Galactic model, :mod:`photoinfer.priors.galactic`) as a factor of its
         likelihood, p(μ = m̂_G − M_G(θ) − E R_G | l, b) (Eq. P1 of :mod:`photoinfer.train.parallax`):
         removes the Malmquist-type bias of M_G where θ is uncertain, with the normalization of
-        p(θ | m_G) (Eq. P2) in the objective.  Stars without (l, b) get none.
+        p(θ | m_G) (Eq. P2) in the objective, estimated with ``normalizer_draws`` fixed draws of the
+        population density (2048) and summed over a seeded subsample of ``normalizer_stars`` training stars
+        (8192; scaled to all: Σ ln Z_i is a smooth function of the network).  Stars without (l, b) get none.
     theta_denoise : {"none", "tweedie"}
         What θ the network is fed: the measured θ̂ (``"none"``, the paper) or the posterior mean
         θ̂ + C_θ ∇ ln p(θ̂) by Tweedie's formula, p the KDE of the training stars' θ̂
@@ -133,6 +135,8 @@ class TrainConfig:
     max_cut_fraction: float = 0.5
     parallax_residual: str = "magnitude"
     distance_prior: str = "none"
+    normalizer_draws: int = 2048
+    normalizer_stars: int = 8192
     theta_denoise: str = "none"
     scale_step: bool = False
     latent_theta: str = "none"
@@ -174,7 +178,7 @@ class TrainConfig:
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
         for name in ("iterations", "epochs", "batch_size", "n_hidden", "rebuild_batch_size", "latent_steps",
-                     "prior_components"):
+                     "prior_components", "normalizer_draws", "normalizer_stars"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
 
@@ -186,7 +190,7 @@ class TrainConfig:
     #: Settings that must agree between a checkpoint and the run resuming it (iterations may grow).
     RESUME_KEYS = ("epochs", "batch_size", "seed", "learning_rate", "lr_decay", "split", "max_sigma_E0_first",
                    "cut_start", "cut_end", "cut_k_end", "n_hidden", "l2_hidden", "l1_extinction",
-                   "init_output_bias", "max_cut_fraction", "parallax_residual", "distance_prior", "theta_denoise", "scale_step",
+                   "init_output_bias", "max_cut_fraction", "parallax_residual", "distance_prior", "normalizer_draws", "normalizer_stars", "theta_denoise", "scale_step",
                    "latent_theta", "latent_steps", "prior_components", "gn_steps", "gn_curvature", "polish_steps",
                    "polish_iterations")
 
@@ -370,10 +374,6 @@ def _initial_state(cat: Catalog, cfg: TrainConfig, init: StellarModel | None, sp
                       np.zeros(len(cat), np.float32), included, rng.bit_generator.state)
 
 
-#: Draws of the population density that estimate each star's normalization Z_i (Eq. P2 of parallax.py).
-NORMALIZER_DRAWS = 256
-
-
 def population_members(cat: Catalog, cfg: TrainConfig) -> np.ndarray:
     """Which stars' θ̂ the population density is fitted to, (N,) bool: the usable training stars; with a
     distance prior, every star with a usable θ measurement, trained on or not.
@@ -482,7 +482,7 @@ def train(cat: Catalog, config: TrainConfig = TrainConfig(), *, init: StellarMod
     if dist_prior is not None:  # Eq. P2: K fixed draws of p(θ) for the normalization of p(θ | m_G)
         from ..priors.galactic import galactic_params
         from .population import sample as sample_population
-        draws = jnp.asarray(sample_population(prior, NORMALIZER_DRAWS, cfg.seed))
+        draws = jnp.asarray(sample_population(prior, cfg.normalizer_draws, cfg.seed))
         galactic = galactic_params(dist_prior)
     if profiled:  # from iteration 1 on (after the first joint fit): the profiled loss
         from functools import partial
@@ -520,14 +520,18 @@ def train(cat: Catalog, config: TrainConfig = TrainConfig(), *, init: StellarMod
         else:
             (epoch_fn, eval_fn), loss_fn, aux = plain_fns, None, ()
         train_idx = train_pool[included[train_pool]]
-        glob = ()
-        if draws is not None and theta_fit is not None:
+        glob, z_norm = (), None
+        if draws is not None and theta_fit is not None:  # Eq. P2 over a seeded subsample of the stars it applies to
             from .parallax import normalizer_surrogate
-            has_z = np.asarray(data.y_obs)[:, 0]
-            c, d, M0, R0 = normalizer_surrogate(params, draws, galactic, px.mag_ref[train_idx],
-                                                np.asarray(data.E0)[train_idx], np.asarray(data.sigma_E0)[train_idx],
-                                                px.l[train_idx], px.b[train_idx], has_z[train_idx])
-            glob = (draws, c, d, M0, R0, jnp.float32(1.0 / (len(train_idx) * B)))
+            z_pool = train_idx[np.asarray(data.y_obs)[train_idx, 0] & np.isfinite(px.l[train_idx])
+                               & np.isfinite(px.b[train_idx]) & np.isfinite(px.mag_ref[train_idx])]
+            z_idx = np.sort(np.random.default_rng([cfg.seed, k, 3]).choice(
+                z_pool, min(cfg.normalizer_stars, len(z_pool)), replace=False))
+            z_weight = len(z_pool) / max(len(z_idx), 1)
+            z_norm = (draws, galactic, px.mag_ref[z_idx], np.asarray(data.E0)[z_idx], np.asarray(data.sigma_E0)[z_idx],
+                      px.l[z_idx], px.b[z_idx], z_weight)
+            c, d, M0, R0 = normalizer_surrogate(params, draws, galactic, *z_norm[2:7], np.ones(len(z_idx), bool))
+            glob = (draws, c, d, M0, R0, jnp.float32(z_weight / (len(train_idx) * B)))
         val_w = jnp.asarray(included[np.asarray(val_idx)] & (len(val_pool) > 0), jnp.float32)
         lr = schedule.learning_rate(k, cfg.learning_rate, cfg.lr_decay)
         opt_state.hyperparams["learning_rate"] = jnp.asarray(lr, jnp.float32)
@@ -561,8 +565,7 @@ def train(cat: Catalog, config: TrainConfig = TrainConfig(), *, init: StellarMod
                 params, z, y_all[tj], W_dev[tj], jnp.concatenate([xt, E0a[:, None]], axis=1), Lt, iva,
                 n_bands=B, l2=cfg.l2_hidden, l1=cfg.l1_extinction, n_steps=cfg.gn_steps,
                 n_curvature=cfg.gn_curvature, seed=cfg.seed * 1000 + k, log_det=cfg.latent_theta == "marginal",
-                normalizer=None if draws is None else (draws, galactic, px.mag_ref[train_idx], px.l[train_idx],
-                                                       px.b[train_idx], np.asarray(data.y_obs)[train_idx, 0]))
+                normalizer=z_norm)
             theta_fit = np.array(theta_fit)
             theta_fit[train_idx] = np.asarray(state.theta_med) + np.asarray(state.theta_std) * np.asarray(z_new[:, :3], np.float64)
             E = np.array(E, np.float32)
