@@ -41,7 +41,9 @@ def mock_catalog(model, theta_pool, n, rng, frac_missing=0.1):
     miss[:, 0] = False
     mag[miss] = np.nan
     err[miss] = np.nan
-    return Catalog.from_arrays(mag, err, bands=model.bands, parallax=plx + rng.normal(0, 1, n) * plx_err,
+    plx_obs = plx + rng.normal(0, 1, n) * plx_err
+    l, b = rng.uniform(0.0, 360.0, n), np.degrees(np.arcsin(rng.uniform(-1.0, 1.0, n)))  # (uniform on the sky)
+    return Catalog.from_arrays(mag, err, bands=model.bands, parallax=plx_obs, l=l, b=b,
                                parallax_err=plx_err, theta=theta_obs, theta_cov=cov, E0=E0, sigma_E0=sE,
                                r_source=np.full(n, "mock"),
                                extra={"true_teff": th[:, 0], "true_logg": th[:, 1], "true_feh": th[:, 2],
@@ -240,6 +242,22 @@ def test_example_runs_tiny(tmp_path):
                                           "--out", str(tmp_path / "e.h5")])
     assert (tmp_path / "e.h5").exists() and len(history.iterations) == 2
     assert report["chi2_per_dof"]["test"]["n"] > 0
+
+
+
+def test_example_consistent_runs_tiny(tmp_path, released_model):
+    """The example's --consistent recipe on a small mock with sky positions: the distance prior is on and every
+    iteration after the first ran its Gauss–Newton steps."""
+    import runpy
+
+    from photoinfer.simulate import simulate_catalog, write_catalog
+    path = tmp_path / "mock.parquet"
+    write_catalog(simulate_catalog(released_model, 500, seed()), path)
+    mod = runpy.run_path(str(REPO / "examples" / "train_small.py"), run_name="example")
+    model, history, report = mod["main"](["--catalog", str(path), "--size", "500", "--iterations", "2", "--epochs", "2",
+                                          "--consistent"])
+    assert history.config["distance_prior"] == "bayestar" and history.config["latent_theta"] == "marginal"
+    assert history.iterations[0]["gauss_newton"] is None and history.iterations[1]["gauss_newton"]["accepted"] >= 1
 
 
 # ---------------------------------------------------------------------- the parallax-space y₁ residual

@@ -153,6 +153,16 @@ def test_latent_config_checks(kwargs, match):
         TrainConfig(**kwargs)
 
 
+def test_distance_prior_without_positions_is_refused(tiny):
+    """A catalog without Galactic coordinates cannot use the distance prior: the error names the columns."""
+    from dataclasses import replace
+    cat = tiny.copy()
+    cat.l[:] = np.nan
+    cfg = replace(TINY, latent_theta="marginal", parallax_residual="parallax", distance_prior="bayestar")
+    with pytest.raises(ValueError, match="columns l, b"):
+        train(cat, cfg)
+
+
 def test_profile_loss_at_the_measurement_is_the_marginal_chi2(tiny, released_model):
     """At θ* = θ̂, E* = E₀ the profiled loss (Woodbury, 4×4 solve) equals rᵀC⁻¹r with the full
     C = C_phot (stabilized) + J C_θ Jᵀ + σ²_E₀ (AR)(AR)ᵀ built directly (13×13 inverse), J = ∂y/∂θ

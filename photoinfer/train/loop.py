@@ -453,6 +453,9 @@ def train(cat: Catalog, config: TrainConfig = TrainConfig(), *, init: StellarMod
     if cfg.parallax_residual == "parallax":
         from .parallax import ParallaxInputs, linearized_data, model_distance_modulus
         px = ParallaxInputs(cat)
+        if dist_prior is not None and not (np.isfinite(px.l) & np.isfinite(px.b) & usable).any():
+            raise ValueError(f"{cat.name}: distance_prior needs the Galactic coordinates (columns l, b) of the "
+                             "stars; no usable star has them")
         if state.mu_lin is not None:
             data = linearized_data(data, px, state.mu_lin, dist_prior)
     mu_lin = state.mu_lin
