@@ -194,6 +194,17 @@ def test_profile_loss_at_the_measurement_is_the_marginal_chi2(tiny, released_mod
 
 
 
+def _gn_setup(model, cat, n=300):
+    """The first n usable stars' data, keep, standardized (x̂, Λ_x, E₀, 1/σ²_E₀), z = (x̂, E₀) and photometric W."""
+    from photoinfer.train.latent import photometric_whitening_all
+    from photoinfer.train.profile import profile_aux
+    keep = np.flatnonzero(cat.usable(TRAINING_UNUSABLE))[:n]
+    d = jax.tree_util.tree_map(lambda a: a[keep], star_data(cat))
+    x_hat, lam, E0, ivar = profile_aux(d, np.asarray(model.theta_med), np.asarray(model.theta_std))
+    z = jnp.concatenate([x_hat, E0[:, None]], axis=1)
+    return d, keep, x_hat, lam, E0, ivar, z, jnp.asarray(photometric_whitening_all(d))
+
+
 def test_gauss_newton_steps_recover_the_network_and_the_latents(released_model, tiny):
     """Joint Gauss–Newton steps (Eq. GN1, photoinfer/train/gauss_newton.py) on targets made noise-free by the
     released model at every star's (θ̂, E₀) (so the truth has F = 0 apart from the regularization): from
@@ -201,18 +212,10 @@ def test_gauss_newton_steps_recover_the_network_and_the_latents(released_model, 
     M_G at the stars' θ closer to the truth's by more than 6× (measured 0.023 mag from ≥ 0.1), each
     accepted step lowering F."""
     from photoinfer.train.gauss_newton import gauss_newton_steps
-    from photoinfer.train.latent import photometric_whitening_all
-    from photoinfer.train.profile import profile_aux
-    d = star_data(tiny)
-    keep = np.flatnonzero(tiny.usable(TRAINING_UNUSABLE))[:300]
-    d = jax.tree_util.tree_map(lambda a: a[keep], d)
-    med, std = np.asarray(released_model.theta_med), np.asarray(released_model.theta_std)
-    x_hat, lam, E0, ivar = profile_aux(d, med, std)
+    d, keep, x_hat, lam, E0, ivar, z_true, W = _gn_setup(released_model, tiny)
     p0 = released_model.params
-    z_true = jnp.concatenate([x_hat, E0[:, None]], axis=1)
     y = jax.vmap(lambda z: network.colour_basis_absolute(p0, z[:3])
                  + z[3] * network.to_colour_basis(network.extinction_vector(p0, z[:3])))(z_true)
-    W = jnp.asarray(photometric_whitening_all(d))
     y = jnp.where(np.asarray(d.y_obs), y, 0.0)
     rng = np.random.default_rng(seed())
     leaves, tree = jax.tree_util.tree_flatten(p0)
@@ -239,16 +242,8 @@ def test_gauss_newton_with_log_det_descends_the_marginal_objective(released_mode
     from jax.flatten_util import ravel_pytree
 
     from photoinfer.train.gauss_newton import _lam4, _model, gauss_newton_steps, log_det_h
-    from photoinfer.train.latent import photometric_whitening_all
-    from photoinfer.train.profile import profile_aux
-    d = star_data(tiny)
-    keep = np.flatnonzero(tiny.usable(TRAINING_UNUSABLE))[:300]
-    d = jax.tree_util.tree_map(lambda a: a[keep], d)
-    med, std = np.asarray(released_model.theta_med), np.asarray(released_model.theta_std)
-    x_hat, lam, E0, ivar = profile_aux(d, med, std)
+    d, keep, x_hat, lam, E0, ivar, z0, W = _gn_setup(released_model, tiny)
     p0 = released_model.params
-    z0 = jnp.concatenate([x_hat, E0[:, None]], axis=1)
-    W = jnp.asarray(photometric_whitening_all(d))
     rng = np.random.default_rng(seed())
     noise = jnp.asarray(rng.normal(size=(len(keep), W.shape[1])), jnp.float32)
     y = jax.vmap(lambda z, Wi, e: _model(p0, z) + jnp.linalg.pinv(Wi) @ e)(z0, W, noise)  # (W: 0 rows where missing)
