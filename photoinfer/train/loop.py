@@ -69,8 +69,8 @@ class TrainConfig:
         (ϖ̂ − ϖ_model)/(ϖ_lin·ln10/5), linearized about the current model after every iteration
         (:mod:`photoinfer.train.parallax`); free of the selection on ϖ̂ and of the log bias.
     distance_prior : {"none", "bayestar", "brutus"}
-        With ``parallax_residual="parallax"`` and ``latent_theta="marginal"``: the distribution of distances along each star's
-        sightline (that Galactic model, :mod:`photoinfer.priors.galactic`) as a factor of its
+        With ``parallax_residual="parallax"`` and ``latent_theta="marginal"``: the distribution of
+        distances along each star's sightline (that Galactic model, :mod:`photoinfer.priors.galactic`) as a factor of its
         likelihood, p(μ = m̂_G − M_G(θ) − E R_G | l, b) (Eq. P1 of :mod:`photoinfer.train.parallax`):
         removes the Malmquist-type bias of M_G where θ is uncertain, with the normalization of
         p(θ | m_G) (Eq. P2) in the objective, estimated with ``normalizer_draws`` fixed draws of the
@@ -190,7 +190,8 @@ class TrainConfig:
     #: Settings that must agree between a checkpoint and the run resuming it (iterations may grow).
     RESUME_KEYS = ("epochs", "batch_size", "seed", "learning_rate", "lr_decay", "split", "max_sigma_E0_first",
                    "cut_start", "cut_end", "cut_k_end", "n_hidden", "l2_hidden", "l1_extinction",
-                   "init_output_bias", "max_cut_fraction", "parallax_residual", "distance_prior", "normalizer_draws", "normalizer_stars", "theta_denoise", "scale_step",
+                   "init_output_bias", "max_cut_fraction", "parallax_residual", "distance_prior", "normalizer_draws",
+                   "normalizer_stars", "theta_denoise", "scale_step",
                    "latent_theta", "latent_steps", "prior_components", "gn_steps", "gn_curvature", "polish_steps",
                    "polish_iterations")
 
@@ -533,7 +534,7 @@ def train(cat: Catalog, config: TrainConfig = TrainConfig(), *, init: StellarMod
             z_weight = len(z_pool) / max(len(z_idx), 1)
             z_norm = (draws, galactic, px.mag_ref[z_idx], np.asarray(data.E0)[z_idx], np.asarray(data.sigma_E0)[z_idx],
                       px.l[z_idx], px.b[z_idx], z_weight)
-            c, d, M0, R0 = normalizer_surrogate(params, draws, galactic, *z_norm[2:7], np.ones(len(z_idx), bool))
+            c, d, M0, R0 = normalizer_surrogate(params, draws, galactic, *z_norm[2:7])
             glob = (draws, c, d, M0, R0, jnp.float32(z_weight / (len(train_idx) * B)))
         val_w = jnp.asarray(included[np.asarray(val_idx)] & (len(val_pool) > 0), jnp.float32)
         lr = schedule.learning_rate(k, cfg.learning_rate, cfg.lr_decay)

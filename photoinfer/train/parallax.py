@@ -187,20 +187,20 @@ def _log_normalizer_at(MG, RG, mag_ref, E0, sigma_E0, l, b, galactic):
 
 
 @jax.jit
-def _normalizer_slopes(MG, RG, mag_ref, E0, sigma_E0, l, b, has, galactic):
-    f = lambda m, r: 2.0 * jnp.sum(has * _log_normalizer_at(m, r, mag_ref, E0, sigma_E0, l, b, galactic))  # noqa: E731
+def _normalizer_slopes(MG, RG, mag_ref, E0, sigma_E0, l, b, ok, galactic):
+    f = lambda m, r: 2.0 * jnp.sum(ok * _log_normalizer_at(m, r, mag_ref, E0, sigma_E0, l, b, galactic))  # noqa: E731
     return jax.grad(f, argnums=(0, 1))(MG, RG)
 
 
-def normalizer_surrogate(params, xs, galactic, mag_ref, E0, sigma_E0, l, b, has, batch_size: int = 4096):
-    """The first-order expansion of Σ_i has_i 2 ln Z_i (Eq. P2) in the network's M_G and R_G at the draws
-    ``xs`` (K, 3): slopes c, d (K,) and the values M0, R0 (K,) they are taken at (float32 arrays), for
-    :func:`~photoinfer.train.profile.profile_batch_loss` (the Adam epochs; the Gauss–Newton steps use Z itself).
-    Stars with ``has`` False or a non-finite input contribute nothing."""
+def normalizer_surrogate(params, xs, galactic, mag_ref, E0, sigma_E0, l, b, batch_size: int = 4096):
+    """The first-order expansion of Σ_i 2 ln Z_i (Eq. P2) over the given stars (n,) in the network's M_G and R_G
+    at the draws ``xs`` (K, 3): slopes c, d (K,) and the values M0, R0 (K,) they are taken at (float32 arrays),
+    for :func:`~photoinfer.train.profile.profile_batch_loss` (the Adam epochs; the Gauss–Newton steps use Z
+    itself).  Stars with a non-finite input contribute nothing."""
     MG = network.colour_basis_absolute(params, xs)[:, 0]
     RG = network.to_colour_basis(network.extinction_vector(params, xs))[:, 0]
     arrs = [np.asarray(a, np.float64) for a in (mag_ref, E0, sigma_E0, l, b)]
-    ok = np.asarray(has, bool) & np.all([np.isfinite(a) for a in arrs], axis=0)
+    ok = np.all([np.isfinite(a) for a in arrs], axis=0)
     arrs = [jnp.asarray(np.where(ok, a, 0.0), jnp.float32) for a in arrs]
     arrs[2] = jnp.where(ok, arrs[2], 1.0)
     c, d = jnp.zeros_like(MG), jnp.zeros_like(RG)
