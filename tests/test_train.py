@@ -371,10 +371,9 @@ def test_distance_prior_normalizer_makes_the_score_unbiased_under_selection(rele
     ln p(μ = m_G − M_G(θ_i) − δ − E R_G) − ln Z_i(δ) has mean 0 over the kept stars (conditioning on m_G
     removes the selection; 5 standard errors; measured +0.006 ± 0.010 per mag); without −ln Z_i it does not
     (the selection keeps the luminous, distant stars: measured −0.32 ± 0.011, required beyond 10 standard errors)."""
-    from photoinfer.model import network
     from photoinfer.priors.galactic import galactic_params, log_prior_mu
     from photoinfer.simulate import sample_mu, sample_sky
-    from photoinfer.train.parallax import _log_normalizer_at
+    from photoinfer.train.parallax import _log_normalizer_at, reference_band
     from photoinfer.train.population import PopulationPrior, sample
     rng = np.random.default_rng(seed())
     pop = PopulationPrior(jnp.array([0.6, 0.4]), jnp.array([[0.3, 0.6, 0.0], [-0.5, -1.5, 0.0]]),
@@ -383,8 +382,7 @@ def test_distance_prior_normalizer_makes_the_score_unbiased_under_selection(rele
     n = 6000
     x = jnp.asarray(sample(pop, n, seed()))
     p = released_model.params
-    MG = np.asarray(network.colour_basis_absolute(p, x)[:, 0], np.float64)
-    RG = np.asarray(network.to_colour_basis(network.extinction_vector(p, x))[:, 0], np.float64)
+    MG, RG = (np.asarray(a, np.float64) for a in reference_band(p, x))
     l, b = sample_sky(rng, n)
     mu = sample_mu(rng, l, b, gal)
     E0 = np.full(n, 0.05)
@@ -396,8 +394,7 @@ def test_distance_prior_normalizer_makes_the_score_unbiased_under_selection(rele
     plain = np.asarray(jax.vmap(jax.grad(lambda d, m, ll, bb: log_prior_mu(m - d, ll, bb, gal)))(
         f32(np.zeros_like(mG)), f32(mG - MG - E0 * RG), f32(l), f32(b)), np.float64)
     xs = jnp.asarray(sample(pop, 2048, seed() + 1))
-    MGs = network.colour_basis_absolute(p, xs)[:, 0]
-    RGs = network.to_colour_basis(network.extinction_vector(p, xs))[:, 0]
+    MGs, RGs = reference_band(p, xs)
     lnz = lambda d: jnp.sum(_log_normalizer_at(MGs + d, RGs, f32(mG), f32(E0), f32(np.full_like(E0, 1e-3)),  # noqa: E731
                                                f32(l), f32(b), gal))
     dz = np.asarray(jax.vmap(jax.grad(lambda d, *a: jnp.sum(_log_normalizer_at(MGs + d, RGs, *a, gal))))(

@@ -116,9 +116,8 @@ def gauss_newton_steps(params, z, y, W, z_tilde, Lam_x, ivar, *, n_bands: int, l
     n_bands, l2, l1 : the loss's band count and regularization
     n_curvature : stars in the subsample that forms S
     log_det : with each star's ln det H_i in F (Eq. GN2)
-    normalizer : None or (xs (K, 3), galactic, mag_ref, E0, sigma_E0, l, b (m,) each, weight): with
-        weight · Σ 2 ln Z_i over those m stars in F (Eq. P2; a subsample of the training stars, weight = the
-        stars it stands for / m)
+    normalizer : None or :class:`~photoinfer.train.parallax.Normalizer`: with its weight · Σ 2 ln Z_i in F
+        (Eq. P2; a subsample of the training stars)
 
     Returns
     -------
@@ -135,22 +134,21 @@ def gauss_newton_steps(params, z, y, W, z_tilde, Lam_x, ivar, *, n_bands: int, l
     args = [jnp.asarray(np.concatenate([np.asarray(a), np.repeat(np.asarray(a)[:1], pad, 0)]))
             for a in (z, y, W, z_tilde, Lam_x, ivar)]
     valid = jnp.asarray(np.r_[np.ones(n), np.zeros(pad)], jnp.float32)
-    if normalizer is not None:  # Σ 2 ln Z_i over the given stars, × their weight, in chunks (Eq. P2)
+    if normalizer is not None:  # Σ 2 ln Z_i over its stars, × their weight, in chunks (Eq. P2)
         from .parallax import log_normalizer
-        xs, galactic = jnp.asarray(normalizer[0], jnp.float32), normalizer[1]
-        z_stars = [jnp.asarray(a, jnp.float32) for a in normalizer[2:7]]
-        z_weight = float(normalizer[7])
+
         def chunk_2lnz(wv, *a):
-            return 2.0 * jnp.sum(log_normalizer(unravel(wv), xs, *a, galactic))
+            return 2.0 * jnp.sum(log_normalizer(unravel(wv), normalizer.draws, *a, normalizer.galactic))
         z_fn, z_grad = jax.jit(chunk_2lnz), jax.jit(jax.grad(chunk_2lnz))
+        z_stars = normalizer.stars()
         chunks = [[a[i:i + bs] for a in z_stars] for i in range(0, len(z_stars[0]), bs)]
 
     def two_ln_z(wv):
-        """z_weight · Σ 2 ln Z_i (0 without a normalizer)."""
-        return 0.0 if normalizer is None else z_weight * sum(float(z_fn(wv, *c)) for c in chunks)
+        """weight · Σ 2 ln Z_i (0 without a normalizer)."""
+        return 0.0 if normalizer is None else normalizer.weight * sum(float(z_fn(wv, *c)) for c in chunks)
 
     def two_ln_z_grad(wv):
-        return z_weight * sum(z_grad(wv, *c) for c in chunks)
+        return normalizer.weight * sum(z_grad(wv, *c) for c in chunks)
     rng = np.random.default_rng([seed, 11])
 
     def batched(fn, *arrays):

@@ -526,16 +526,16 @@ def train(cat: Catalog, config: TrainConfig = TrainConfig(), *, init: StellarMod
         train_idx = train_pool[included[train_pool]]
         glob, z_norm = (), None
         if draws is not None and theta_fit is not None:  # Eq. P2 over a seeded subsample of the stars it applies to
-            from .parallax import normalizer_surrogate
+            from .parallax import Normalizer, normalizer_surrogate
             z_pool = train_idx[np.asarray(data.y_obs)[train_idx, 0] & np.isfinite(px.l[train_idx])
                                & np.isfinite(px.b[train_idx]) & np.isfinite(px.mag_ref[train_idx])]
             z_idx = np.sort(np.random.default_rng([cfg.seed, k, 3]).choice(
                 z_pool, min(cfg.normalizer_stars, len(z_pool)), replace=False))
-            z_weight = len(z_pool) / max(len(z_idx), 1)
-            z_norm = (draws, galactic, px.mag_ref[z_idx], np.asarray(data.E0)[z_idx], np.asarray(data.sigma_E0)[z_idx],
-                      px.l[z_idx], px.b[z_idx], z_weight)
-            c, d, M0, R0 = normalizer_surrogate(params, draws, galactic, *z_norm[2:7])
-            glob = (draws, c, d, M0, R0, jnp.float32(z_weight / (len(train_idx) * B)))
+            z_norm = Normalizer(draws, galactic, px.mag_ref[z_idx], np.asarray(data.E0)[z_idx],
+                                np.asarray(data.sigma_E0)[z_idx], px.l[z_idx], px.b[z_idx],
+                                len(z_pool) / max(len(z_idx), 1))
+            c, d, M0, R0 = normalizer_surrogate(params, z_norm)
+            glob = (draws, c, d, M0, R0, jnp.float32(z_norm.weight / (len(train_idx) * B)))
         val_w = jnp.asarray(included[np.asarray(val_idx)] & (len(val_pool) > 0), jnp.float32)
         lr = schedule.learning_rate(k, cfg.learning_rate, cfg.lr_decay)
         opt_state.hyperparams["learning_rate"] = jnp.asarray(lr, jnp.float32)

@@ -54,6 +54,8 @@ the population mixture p(θ) and 3-point Gauss–Hermite in E (:func:`log_normal
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -63,7 +65,7 @@ from ..likelihood import LN10, StarData
 from ..model import network
 
 __all__ = ["RESIDUALS", "pseudo_distance_modulus", "model_distance_modulus", "ParallaxInputs", "linearized_data",
-           "distance_prior_terms", "with_distance_prior", "log_normalizer", "normalizer_surrogate"]
+           "distance_prior_terms", "with_distance_prior", "Normalizer", "reference_band", "log_normalizer", "normalizer_surrogate"]
 
 #: Values of ``TrainConfig.parallax_residual``.
 RESIDUALS = ("magnitude", "parallax")
@@ -163,6 +165,32 @@ _GH_NODES = np.array([-np.sqrt(3.0), 0.0, np.sqrt(3.0)])
 _GH_LOGW = np.log([1 / 6, 2 / 3, 1 / 6])
 
 
+class Normalizer(NamedTuple):
+    """What Σ_i 2 ln Z_i of Eq. P2 is summed from: ``draws`` (K, 3) standardized draws of the population p(θ),
+    the ``galactic`` model (:class:`~photoinfer.priors.galactic.GalacticParams`), the m stars' ``mag_ref``
+    (m̂_G), ``E0``, ``sigma_E0``, ``l``, ``b`` (m,) each, all finite, and the ``weight`` (the stars they stand
+    for / m) that scales their sum to all."""
+
+    draws: jnp.ndarray
+    galactic: object
+    mag_ref: np.ndarray
+    E0: np.ndarray
+    sigma_E0: np.ndarray
+    l: np.ndarray
+    b: np.ndarray
+    weight: float
+
+    def stars(self):
+        """The per-star arrays (mag_ref, E0, sigma_E0, l, b), float32, in :func:`log_normalizer`'s order."""
+        return [jnp.asarray(a, jnp.float32) for a in (self.mag_ref, self.E0, self.sigma_E0, self.l, self.b)]
+
+
+def reference_band(params, xs):
+    """The network's M_G and R_G (K,) at standardized θ ``xs`` (K, 3): the components of y₁ = m_G."""
+    return (network.colour_basis_absolute(params, xs)[:, 0],
+            network.to_colour_basis(network.extinction_vector(params, xs))[:, 0])
+
+
 def log_normalizer(params, xs, mag_ref, E0, sigma_E0, l, b, galactic):
     """ln Z_i of Eq. P2 (up to a constant), (n,).
 
@@ -172,9 +200,7 @@ def log_normalizer(params, xs, mag_ref, E0, sigma_E0, l, b, galactic):
     mag_ref : (n,) m̂_G; E0, sigma_E0 : (n,) reddening prior; l, b : (n,) [deg] (finite)
     galactic : :class:`~photoinfer.priors.galactic.GalacticParams`
     """
-    MG = network.colour_basis_absolute(params, xs)[:, 0]
-    RG = network.to_colour_basis(network.extinction_vector(params, xs))[:, 0]
-    return _log_normalizer_at(MG, RG, mag_ref, E0, sigma_E0, l, b, galactic)
+    return _log_normalizer_at(*reference_band(params, xs), mag_ref, E0, sigma_E0, l, b, galactic)
 
 
 def _log_normalizer_at(MG, RG, mag_ref, E0, sigma_E0, l, b, galactic):
@@ -187,26 +213,20 @@ def _log_normalizer_at(MG, RG, mag_ref, E0, sigma_E0, l, b, galactic):
 
 
 @jax.jit
-def _normalizer_slopes(MG, RG, mag_ref, E0, sigma_E0, l, b, ok, galactic):
-    f = lambda m, r: 2.0 * jnp.sum(ok * _log_normalizer_at(m, r, mag_ref, E0, sigma_E0, l, b, galactic))  # noqa: E731
+def _normalizer_slopes(MG, RG, mag_ref, E0, sigma_E0, l, b, galactic):
+    f = lambda m, r: 2.0 * jnp.sum(_log_normalizer_at(m, r, mag_ref, E0, sigma_E0, l, b, galactic))  # noqa: E731
     return jax.grad(f, argnums=(0, 1))(MG, RG)
 
 
-def normalizer_surrogate(params, xs, galactic, mag_ref, E0, sigma_E0, l, b, batch_size: int = 4096):
-    """The first-order expansion of Σ_i 2 ln Z_i (Eq. P2) over the given stars (n,) in the network's M_G and R_G
-    at the draws ``xs`` (K, 3): slopes c, d (K,) and the values M0, R0 (K,) they are taken at (float32 arrays),
-    for :func:`~photoinfer.train.profile.profile_batch_loss` (the Adam epochs; the Gauss–Newton steps use Z
-    itself).  Stars with a non-finite input contribute nothing."""
-    MG = network.colour_basis_absolute(params, xs)[:, 0]
-    RG = network.to_colour_basis(network.extinction_vector(params, xs))[:, 0]
-    arrs = [np.asarray(a, np.float64) for a in (mag_ref, E0, sigma_E0, l, b)]
-    ok = np.all([np.isfinite(a) for a in arrs], axis=0)
-    arrs = [jnp.asarray(np.where(ok, a, 0.0), jnp.float32) for a in arrs]
-    arrs[2] = jnp.where(ok, arrs[2], 1.0)
+def normalizer_surrogate(params, norm: Normalizer, batch_size: int = 4096):
+    """The first-order expansion of Σ_i 2 ln Z_i (Eq. P2) over ``norm``'s stars (unweighted) in the network's M_G
+    and R_G at its draws: slopes c, d (K,) and the values M0, R0 (K,) they are taken at (float32 arrays), for
+    :func:`~photoinfer.train.profile.profile_batch_loss` (the Adam epochs; the Gauss–Newton steps use Z itself)."""
+    MG, RG = reference_band(params, norm.draws)
+    arrs = norm.stars()
     c, d = jnp.zeros_like(MG), jnp.zeros_like(RG)
-    okj = jnp.asarray(ok, jnp.float32)
-    for s in range(0, len(ok), batch_size):  # (the last batch is shorter: one more compilation at most)
-        gc, gd = _normalizer_slopes(MG, RG, *(a[s:s + batch_size] for a in arrs), okj[s:s + batch_size], galactic)
+    for s in range(0, len(arrs[0]), batch_size):  # (the last batch is shorter: one more compilation at most)
+        gc, gd = _normalizer_slopes(MG, RG, *(a[s:s + batch_size] for a in arrs), norm.galactic)
         c, d = c + gc, d + gd
     return c, d, MG, RG
 

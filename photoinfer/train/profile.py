@@ -83,9 +83,9 @@ def profile_batch_loss(params, x, E, y, W, w, x_hat, Lam_x, E0, ivar_E0, n_bands
     data = jnp.sum(w * li) / jnp.maximum(jnp.sum(w), 1.0) / n_bands
     loss = data + network.regularization(params, l2, l1)
     if surrogate:
+        from .parallax import reference_band
         xs, c, d, M0, R0, scale = surrogate
-        MG = network.colour_basis_absolute(params, xs)[:, 0]
-        RG = network.to_colour_basis(network.extinction_vector(params, xs))[:, 0]
+        MG, RG = reference_band(params, xs)
         loss = loss + scale * (jnp.sum(c * (MG - M0)) + jnp.sum(d * (RG - R0)))
     return loss, data
 
