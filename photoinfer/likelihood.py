@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import linalg as la
 from .conventions import colour_matrix
 from .model import network
 
@@ -167,14 +168,12 @@ def whitening_matrix(C, y_obs):
     -------
     W : (B, B), lower-triangular
     """
-    L = jnp.linalg.cholesky(_restrict(C, y_obs))
-    W = jax.scipy.linalg.solve_triangular(L, jnp.eye(C.shape[-1], dtype=C.dtype), lower=True)
-    return W * y_obs[None, :]
+    return la.inverse_lower(la.cholesky(_restrict(C, y_obs))) * y_obs[None, :]
 
 
 def precision_matrix(C, y_obs):
     """P = C⁻¹ on the observed components, 0 in the unobserved rows and columns, shape (B, B)."""
-    P = jnp.linalg.inv(_restrict(C, y_obs))
+    P = la.inv_spd(_restrict(C, y_obs))
     return P * (y_obs[:, None] & y_obs[None, :])
 
 

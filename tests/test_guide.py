@@ -11,7 +11,8 @@ from scipy import stats
 from conftest import seed
 
 
-def _mixture(rng, K=5, d=5, n_neighbours=3):
+def _mixture(rng, K=8, d=5, n_neighbours=3):
+    """A mixture on K > d centres (with K ≤ d their covariance is singular and the neighbours depend on rounding)."""
     from photoinfer.infer.guide import build_mixture
     centres = rng.normal(0, 1, (K, d)) * np.array([1.0, 2.0, 0.5, 1.0, 3.0])[:d]
     return centres, build_mixture(jnp.asarray(centres), n_neighbours=n_neighbours)

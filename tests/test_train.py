@@ -104,20 +104,24 @@ def test_loss_gradient(tiny, released_model):
     assert float(f(m.params)) == pytest.approx(float(jnp.mean(c2) / 13 + network.regularization(m.params)), rel=1e-4)
 
 
-def test_fast_whitening_equals_likelihood(tiny, released_model):
-    """The rebuild's whitening (forward substitution) equals likelihood.whitening_matrix, and WᵀW the precision."""
+def test_whitening_equals_the_lapack_factor(tiny, released_model):
+    """likelihood.whitening_matrix (photoinfer.linalg: unrolled Cholesky and forward substitution, no LAPACK call)
+    equals the LAPACK factor L⁻¹ of the observed block, WᵀW is the precision (float64 numpy inverse), and the
+    unobserved columns are exactly 0."""
     from photoinfer import likelihood as lik
-    from photoinfer.train.rebuild import whitening
     m = released_model
     med, std = jnp.asarray(m.theta_med, jnp.float32), jnp.asarray(m.theta_std, jnp.float32)
     d = star_data(tiny.subset(np.arange(50)))
     C = jax.vmap(lambda s: lik.star_covariance(m.params, med, std, s, s.E0, s.sigma_E0))(d)
-    W = jax.vmap(whitening)(C, d.y_obs)
-    W_ref = jax.vmap(lik.whitening_matrix)(C, d.y_obs)
-    np.testing.assert_allclose(W, W_ref, rtol=1e-4, atol=1e-3 * float(jnp.max(jnp.abs(W_ref))) * 1e-2)
-    P = jax.vmap(lik.precision_matrix)(C, d.y_obs)
-    np.testing.assert_allclose(jnp.einsum("nki,nkj->nij", W, W), P, rtol=1e-3, atol=1e-4 * float(jnp.max(jnp.abs(P))))
-    unobserved = ~np.asarray(d.y_obs)[:, None, :]
+    W = jax.vmap(lik.whitening_matrix)(C, d.y_obs)
+    obs = np.asarray(d.y_obs)
+    Cr = np.where(obs[:, :, None] & obs[:, None, :], np.asarray(C, np.float64), np.eye(C.shape[-1]))
+    W_ref = np.linalg.inv(np.linalg.cholesky(Cr)) * obs[:, None, :]
+    np.testing.assert_allclose(W, W_ref, rtol=1e-3, atol=1e-5 * np.abs(W_ref).max())
+    P = np.linalg.inv(Cr) * (obs[:, :, None] & obs[:, None, :])
+    np.testing.assert_allclose(jnp.einsum("nki,nkj->nij", W, W), P, rtol=1e-3, atol=1e-4 * np.abs(P).max())
+    np.testing.assert_allclose(jax.vmap(lik.precision_matrix)(C, d.y_obs), P, rtol=1e-3, atol=1e-4 * np.abs(P).max())
+    unobserved = ~obs[:, None, :]
     assert unobserved.any() and np.all(np.where(unobserved, np.asarray(W), 0.0) == 0.0)  # exact for missing bands
 
 

@@ -33,6 +33,8 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import gammaln, logsumexp
 
+from .. import linalg as la
+
 __all__ = ["Mixture", "build_mixture", "log_q", "draw_q", "imh_step"]
 
 NU = 5.0
@@ -69,14 +71,14 @@ def build_mixture(centres, n_neighbours: int = 32, scale: float = 0.8, floor: fl
     mean = centres.mean(axis=0)
     dev = centres - mean
     sigma = dev.T @ dev / max(K - 1, 1) + 1e-6 * jnp.eye(d)
-    white = jax.scipy.linalg.solve_triangular(jnp.linalg.cholesky(sigma), dev.T, lower=True).T   # (K, d)
+    white = la.solve_lower(la.cholesky(sigma), dev.T).T   # (K, d)
     d2 = jnp.sum((white[:, None, :] - white[None, :, :]) ** 2, axis=-1)
     _, idx = jax.lax.top_k(-d2, n_neighbours)                                                 # (K, n)
     nb = centres[idx]                                                                          # (K, n, d)
     nc = nb - nb.mean(axis=1, keepdims=True)
     local = jnp.einsum("kni,knj->kij", nc, nc) / max(n_neighbours - 1, 1)
     cov = scale ** 2 * local + floor * sigma
-    chol = jnp.linalg.cholesky(cov)
+    chol = la.cholesky(cov)
     log_det = 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
     log_norm = (gammaln((NU + d) / 2) - gammaln(NU / 2) - 0.5 * d * jnp.log(NU * jnp.pi) - 0.5 * log_det
                 - jnp.log(K))
@@ -86,7 +88,7 @@ def build_mixture(centres, n_neighbours: int = 32, scale: float = 0.8, floor: fl
 def log_q(u, mix: Mixture):
     """ln q(u) of (G1) at one point u (d,)."""
     d = u.shape[-1]
-    r = jax.vmap(lambda L, c: jax.scipy.linalg.solve_triangular(L, u - c, lower=True))(mix.chol, mix.centres)
+    r = la.solve_lower(mix.chol, u - mix.centres)
     m2 = jnp.sum(r ** 2, axis=-1)
     return logsumexp(mix.log_norm - 0.5 * (NU + d) * jnp.log1p(m2 / NU))
 

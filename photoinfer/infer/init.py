@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import linalg as la
 from .model import SIGMA_MODEL, ModelArrays, StarInputs, _predicted_magnitudes, log_density
 
 __all__ = ["candidate_grid", "candidate_neighbours", "initial_points"]
@@ -103,7 +104,7 @@ def _star_starts(key, s, x_cand, nbr, cell, M, R, arrays, prior, n_chains, sigma
     lp = jnp.where(jnp.isfinite(lp), lp, -jnp.inf)
     # mass of each candidate's cell: density in (θ, μ, E) (drop the logit Jacobian dE/dζ = E(1 − e))
     # times the (μ, E) Laplace volume
-    lmass = lp - jnp.log(E * (1 - e)) + 0.5 * jnp.linalg.slogdet(cov_muE)[1]
+    lmass = lp - jnp.log(E * (1 - e)) + 0.5 * la.logdet_spd(cov_muE)
     lmass = jnp.where(jnp.isfinite(lmass), lmass, -jnp.inf)
     # basins of steepest ascent on the lattice (pointer jumping to the local maxima)
     ptr = nbr[jnp.arange(nbr.shape[0]), jnp.argmax(lmass[nbr], axis=-1)]

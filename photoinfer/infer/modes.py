@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import linalg as la
 from .model import SIGMA_MODEL, log_density_sampler, to_sampler, unconstrain
 
 __all__ = ["chain_modes", "combine_modes", "mode_log_mass"]
@@ -67,7 +68,7 @@ def mode_log_mass(key, mean, cov, stars, arrays, prior, sigma_model: float = SIG
     d = mean.shape[-1]
 
     def one(k, mu, S, s):
-        L = jnp.linalg.cholesky(S)
+        L = la.cholesky(S)
         k1, k2 = jax.random.split(k)
         g = jax.random.normal(k1, (n_draws, d))
         u = jax.random.chisquare(k2, _NU, (n_draws,)) / _NU

@@ -40,9 +40,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from .. import linalg as la
 from ..model import network
 
-__all__ = ["joint_objective_terms", "log_det_h", "gauss_newton_steps"]
+__all__ = ["joint_objective_terms", "log_det_h", "curvature", "gauss_newton_steps"]
 
 
 def _model(params, z):
@@ -64,7 +65,7 @@ def joint_objective_terms(params, z, y, W, z_tilde, Lam_x, ivar):
 def log_det_h(params, z, W, Lam_x, ivar):
     """One star's Laplace term D = ln det (J_zᵀJ_z + Λ) at z (Eq. GN2)."""
     Jz = jax.jacfwd(lambda zz: W @ _model(params, zz))(z)
-    return 2.0 * jnp.sum(jnp.log(jnp.diag(jnp.linalg.cholesky(Jz.T @ Jz + _lam4(Lam_x, ivar)))))
+    return la.logdet_spd(Jz.T @ Jz + _lam4(Lam_x, ivar))
 
 
 def _star_parts(params, z, y, W, z_tilde, Lam_x, ivar):
@@ -75,15 +76,30 @@ def _star_parts(params, z, y, W, z_tilde, Lam_x, ivar):
     Lam = _lam4(Lam_x, ivar)
     A = Jz.T @ Jz + Lam
     b = Jz.T @ r - Lam @ (z - z_tilde)
-    Ainv = jnp.linalg.inv(A)
+    Ainv = la.inv_spd(A)
     return r, Jz, Ainv @ b, Ainv
 
 
 def _projected_jacobian(Jw, Jz, Lam_x, ivar):
     """L⁻¹ J_w (B, P) with L Lᵀ = I + J_z Λ⁻¹ J_zᵀ: by Woodbury (L⁻¹J_w)ᵀ(L⁻¹J_w) = J_wᵀJ_w − C A⁻¹ Cᵀ,
     one star's Schur term of Eq. GN1 as a sum of squares (no cancellation in float32)."""
-    K = jnp.eye(Jz.shape[0], dtype=Jz.dtype) + Jz @ jnp.linalg.solve(_lam4(Lam_x, ivar), Jz.T)
-    return jax.scipy.linalg.solve_triangular(jnp.linalg.cholesky(K), Jw, lower=True)
+    K = jnp.eye(Jz.shape[0], dtype=Jz.dtype) + Jz @ la.solve_spd(_lam4(Lam_x, ivar), Jz.T)
+    return la.solve_lower(la.cholesky(K), Jw)
+
+
+@jax.jit
+def curvature(params, z, W, Lam_x, ivar):
+    """S = Σ_i (J_wᵢᵀJ_wᵢ − C_i A_i⁻¹ C_iᵀ) over the given stars, (P, P) in the order of ``ravel_pytree(params)``:
+    the Gauss–Newton matrix of Eq. GN1 with every star's latent (θ, E) eliminated — the Fisher information of
+    the network's weights.  z (n, 4), W (n, B, B), Lam_x (n, 3, 3), ivar (n,) as in :func:`gauss_newton_steps`."""
+    def rows(zz, Wz, L, iv):
+        f = lambda p, x: Wz @ _model(p, x)  # noqa: E731
+        Jw = jax.jacrev(f)(params, zz)
+        Jw = jnp.concatenate([a.reshape(a.shape[0], -1) for a in jax.tree_util.tree_leaves(Jw)], axis=1)  # (B, P)
+        return _projected_jacobian(Jw, jax.jacfwd(f, argnums=1)(params, zz), L, iv)
+    M = jax.vmap(rows)(z, W, Lam_x, ivar)
+    M = M.reshape(-1, M.shape[-1])
+    return M.T @ M
 
 
 def _reg_terms(params, l2, l1, nb):
@@ -182,14 +198,6 @@ def gauss_newton_steps(params, z, y, W, z_tilde, Lam_x, ivar, *, n_bands: int, l
         return jax.vjp(fw, wv)[1](u)[0] + gD, (Jz, Ainv_b, Ainv)  # (the per-star parts serve every λ's Δz)
 
     @jax.jit
-    def curvature_batch(wv, zb, yb, Wb, ztb, Lb, ib):
-        p = unravel(wv)
-        _, Jz, _, _ = jax.vmap(lambda *a: _star_parts(p, *a))(zb, yb, Wb, ztb, Lb, ib)
-        Jw = jax.vmap(lambda zz, Wz: jax.jacrev(lambda ww: Wz @ _model(unravel(ww), zz))(wv))(zb, Wb)  # (b, B, P)
-        M = jax.vmap(_projected_jacobian)(Jw, Jz, Lb, ib).reshape(-1, P)
-        return M.T @ M
-
-    @jax.jit
     def dz_batch(wv, dw, zb, Wb, parts):
         Jz, Ainv_b, Ainv = parts
         fw = lambda ww: jax.vmap(lambda zz, Wz: Wz @ _model(unravel(ww), zz))(zb, Wb)  # noqa: E731
@@ -211,7 +219,7 @@ def gauss_newton_steps(params, z, y, W, z_tilde, Lam_x, ivar, *, n_bands: int, l
         g = g - rg
         sub = rng.choice(n, min(n_curvature, n), replace=False)
         sb = min(bs, len(sub))
-        S = sum(np.asarray(curvature_batch(w, *(a[sub[i:i + sb]] for a in (zc, *args[1:]))), np.float64)
+        S = sum(np.asarray(curvature(unravel(w), *(a[sub[i:i + sb]] for a in (zc, args[2], args[4], args[5]))), np.float64)
                 for i in range(0, len(sub) - sb + 1, sb))
         S = S * (n / (len(sub) // sb * sb)) + np.diag(np.asarray(rc, np.float64))
         g64 = np.asarray(g, np.float64)

@@ -33,10 +33,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import likelihood as lik
+from .. import linalg as la
 from ..batching import map_batched
 from ..model import network
 from .population import neg2_log_density, quadratic_majorizer
-from .rebuild import inverse_lower, whitening
 
 __all__ = ["photometric_whitening", "photometric_whitening_all", "star_joint_fit", "joint_fit_all"]
 
@@ -46,7 +46,7 @@ def photometric_whitening(s: lik.StarData):
     B = s.y_hat.shape[-1]
     C = lik.covariance_y(s.sigma_m, s.sigma_mu, 0.0, jnp.zeros(B, s.y_hat.dtype), jnp.zeros((B, 3), s.y_hat.dtype),
                          s.theta_cov)
-    return whitening(lik.stabilize_diagonal(C), s.y_obs)
+    return lik.whitening_matrix(lik.stabilize_diagonal(C), s.y_obs)
 
 
 def star_joint_fit(params, theta_med, theta_std, s: lik.StarData, theta, E, n_steps: int = 5, damping: float = 1e-3,
@@ -69,7 +69,7 @@ def star_joint_fit(params, theta_med, theta_std, s: lik.StarData, theta, E, n_st
     theta : (3,), E, var_E : (), W : (B, B) the photometric whitening factor, cut χ² : (), n_obs : ()
     """
     W = photometric_whitening(s)
-    Lt = inverse_lower(jnp.linalg.cholesky(s.theta_cov))  # C_θ⁻¹ = Ltᵀ Lt
+    Lt = la.inverse_lower(la.cholesky(s.theta_cov))  # C_θ⁻¹ = Ltᵀ Lt
 
     def resid(z):
         x, e = z[:3], z[3]
@@ -93,7 +93,7 @@ def star_joint_fit(params, theta_med, theta_std, s: lik.StarData, theta, E, n_st
     def step(carry, _):
         z, c, lam = carry
         H, g = normal_equations(z)
-        dz = -jnp.linalg.solve(H + lam * jnp.diag(jnp.diag(H)) + 1e-9 * jnp.eye(4, dtype=H.dtype), g)
+        dz = -la.solve_spd(H + lam * jnp.diag(jnp.diag(H)) + 1e-9 * jnp.eye(4, dtype=H.dtype), g)
         z2 = z + dz
         c2 = cost(z2)
         ok = jnp.isfinite(c2) & (c2 < c)
@@ -101,7 +101,7 @@ def star_joint_fit(params, theta_med, theta_std, s: lik.StarData, theta, E, n_st
 
     z0 = jnp.concatenate([network.standardize(theta, theta_med, theta_std), jnp.reshape(E, (1,))])
     (z, c, _), _ = jax.lax.scan(step, (z0, cost(z0), jnp.asarray(damping, z0.dtype)), None, length=n_steps)
-    var_E = jnp.linalg.inv(normal_equations(z)[0])[3, 3]
+    var_E = la.inv_spd(normal_equations(z)[0])[3, 3]
     r = resid(z)
     n_y = s.y_hat.shape[-1]
     chi2 = r[:n_y + 3] @ r[:n_y + 3]

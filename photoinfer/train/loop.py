@@ -524,6 +524,9 @@ def train(cat: Catalog, config: TrainConfig = TrainConfig(), *, init: StellarMod
         else:
             (epoch_fn, eval_fn), loss_fn, aux = plain_fns, None, ()
         train_idx = train_pool[included[train_pool]]
+        if len(train_idx) == 0:
+            raise RuntimeError(f"{cat.name}: iteration {k}: every training star was cut (no finite reduced χ² below "
+                               "the threshold); the model has diverged")
         glob, z_norm = (), None
         if draws is not None and theta_fit is not None:  # Eq. P2 over a seeded subsample of the stars it applies to
             from .parallax import Normalizer, normalizer_surrogate

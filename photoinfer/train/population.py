@@ -180,4 +180,5 @@ def combine_with_measurement(prior: PopulationPrior, x_at, x_hat, Lam):
     (+ a constant): returns x̃ (3,), Λ̃ (3, 3)."""
     Lp, h = quadratic_majorizer(prior, x_at)
     Lt = Lam + Lp
-    return jnp.linalg.solve(Lt, Lam @ x_hat + h), Lt
+    from .. import linalg as la
+    return la.solve_spd(Lt, Lam @ x_hat + h), Lt

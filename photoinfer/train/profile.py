@@ -26,6 +26,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from .. import linalg as la
 from ..model import network
 
 __all__ = ["star_profile_loss", "profile_batch_loss", "standardized_measurement", "profile_aux",
@@ -61,9 +62,10 @@ def star_profile_loss(params, x_star, E_star, x_hat, Lam_x, E0, ivar_E0, y, W, l
     H = WJ.T @ WJ + Lam
     g = WJ.T @ r0 + Lam @ d
     chi2 = r0 @ r0
-    loss = chi2 + d @ Lam @ d - g @ jnp.linalg.solve(H, g)
+    L = la.cholesky(H)
+    loss = chi2 + d @ Lam @ d - g @ la.cho_solve(L, g)
     if log_det:
-        loss = loss + 2.0 * jnp.sum(jnp.log(jnp.diag(jnp.linalg.cholesky(H))))
+        loss = loss + 2.0 * jnp.sum(jnp.log(jnp.diag(L)))
     return loss, chi2
 
 

@@ -15,29 +15,7 @@ from .. import likelihood as lik
 from ..batching import map_batched
 from ..model import network
 
-__all__ = ["inverse_lower", "whitening", "star_whitening", "star_cut_chi2", "star_rebuild", "whitening_all", "rebuild_all"]
-
-
-def inverse_lower(L):
-    """L⁻¹ of a lower-triangular (B, B) matrix by forward substitution, row by row.
-
-    Same result as ``solve_triangular(L, I, lower=True)``; under ``vmap`` on this CPU it measured
-    0.12 s per 10⁵ 13×13 matrices against 0.32 s (and 0.82 s for a general inverse).
-    """
-    B = L.shape[-1]
-    eye = jnp.eye(B, dtype=L.dtype)
-    X = jnp.zeros_like(L)
-    for i in range(B):
-        X = X.at[i].set((eye[i] - L[i] @ X) / L[i, i])
-    return X
-
-
-def whitening(C, y_obs):
-    """:func:`photoinfer.likelihood.whitening_matrix` (W with WᵀW = P on the observed components),
-    computed with :func:`inverse_lower`.  Shapes (B, B), (B,) → (B, B)."""
-    mask = y_obs[:, None] & y_obs[None, :]
-    L = jnp.linalg.cholesky(jnp.where(mask, C, jnp.eye(C.shape[-1], dtype=C.dtype)))
-    return inverse_lower(L) * y_obs[None, :]
+__all__ = ["star_whitening", "star_cut_chi2", "star_rebuild", "whitening_all", "rebuild_all"]
 
 
 def star_whitening(params, theta_med, theta_std, s: lik.StarData, E, sigma_E, first: bool):
@@ -48,7 +26,7 @@ def star_whitening(params, theta_med, theta_std, s: lik.StarData, E, sigma_E, fi
     """
     C = lik.star_covariance(params, theta_med, theta_std, s, E, 0.0 if first else sigma_E,
                             with_jacobian=not first, jacobian_extinction=True, stabilize=True)
-    return whitening(C, s.y_obs)
+    return lik.whitening_matrix(C, s.y_obs)
 
 
 def star_cut_chi2(params, theta_med, theta_std, s: lik.StarData, E):
@@ -80,14 +58,14 @@ def star_rebuild(params, theta_med, theta_std, s: lik.StarData):
     am, aR = parts(s.theta)
     J_M, J_R = jax.jacfwd(parts)(s.theta)
     C0 = lik.covariance_y(s.sigma_m, s.sigma_mu, 0.0, aR, J_M, s.theta_cov)
-    W0 = whitening(C0, s.y_obs)
+    W0 = lik.whitening_matrix(C0, s.y_obs)
     P0 = W0.T @ W0  # = likelihood.precision_matrix(C0, y_obs), without a general inverse
     d = (s.y_hat - am) * s.y_obs
     E, var = lik.reddening_update(P0, aR, d, s.E0, s.sigma_E0)
     r = d - E * aR * s.y_obs
     C = lik.stabilize_diagonal(lik.covariance_y(s.sigma_m, s.sigma_mu, jnp.sqrt(var), aR, J_M + E * J_R, s.theta_cov))
     Wr = W0 @ r
-    return E, var, whitening(C, s.y_obs), Wr @ Wr, jnp.sum(s.y_obs)
+    return E, var, lik.whitening_matrix(C, s.y_obs), Wr @ Wr, jnp.sum(s.y_obs)
 
 
 @partial(jax.jit, static_argnames=("first",))

@@ -1,0 +1,136 @@
+"""The noise floor of truth recovery: how far from the truth must a trained model be, from the photometric,
+parallax, θ and reddening-prior noise of its training stars alone?
+
+Usage::
+
+    python benchmarks/truth_recovery_noise.py --mock-cache benchmarks/results/cache/mock200k_s1.parquet --n 50000 \
+        --config '{"latent_theta": "profile", "gn_steps": 1}'
+
+The joint objective F(w, z) of the Gauss–Newton steps (photoinfer/train/gauss_newton.py, Eq. GN1) is −2 ln L
+of the training stars; with every star's latent (θ, E) eliminated, its Gauss–Newton matrix S (the Schur
+complement, summed over *all* training stars) is the Fisher information of the ~1,700 network weights w.
+An estimator at the optimum of F scatters about it with covariance
+
+    Cov(w) = (S + R)⁻¹ S (S + R)⁻¹                                                    (sandwich)
+
+(R: the regularization's curvature, which shrinks the scatter and biases instead).  Propagated through the
+network's Jacobian ∂(A·M)/∂w at the held-out stars' true θ inside the region of truth_recovery.py, it gives
+the expected rms of ΔA·M per component (M_G, colours) and of R_fit/R_true − 1 per band from noise alone —
+a floor no estimator of this network on these stars can beat without bias, to compare with the measured
+drift of a run started at the truth.
+
+The training stars, their whitening and latent (θ, E) are those the training loop hands to its first
+Gauss–Newton call (``train(..., init=truth)`` with two iterations of one epoch, the steps skipped); S is
+evaluated at the truth's weights.  Writes ``benchmarks/results/truth_recovery_noise_n<N>.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def captured_inputs(cat, cfg, truth):
+    """The arguments of the training loop's first ``gauss_newton_steps`` call (which is skipped)."""
+    from photoinfer.train import gauss_newton, train
+    box = {}
+
+    def capture(params, z, y, W, z_tilde, Lam_x, ivar, **kw):
+        box.setdefault("args", (z, y, W, z_tilde, Lam_x, ivar, kw))
+        return params, np.asarray(z), []
+    real = gauss_newton.gauss_newton_steps
+    gauss_newton.gauss_newton_steps = capture
+    try:
+        train(cat, cfg, init=truth)
+    finally:
+        gauss_newton.gauss_newton_steps = real
+    return box["args"]
+
+
+def fisher(params, z, W, Lam_x, ivar, n_bands, l2, l1, batch_size=1024):
+    """(S, R): the Gauss–Newton matrix of F over all the given stars and the regularization's curvature, (P, P)
+    float64 each (Eq. GN1)."""
+    from photoinfer.train.gauss_newton import _reg_terms, curvature
+    n = len(z)
+    S = sum(np.asarray(curvature(params, *(np.asarray(a)[i:i + batch_size] for a in (z, W, Lam_x, ivar))), np.float64)
+            for i in range(0, n, batch_size))
+    _, rc = _reg_terms(params, l2, l1, float(n * n_bands))
+    return S, np.diag(np.asarray(rc, np.float64))
+
+
+def propagated_rms(params, theta_med, theta_std, theta, covs, batch_size=256):
+    """Expected rms over ``theta`` (n, 3) of ΔA·M (B,) [mag] and of ΔR/R (B,) for weights scattered by each
+    (P, P) covariance in ``covs`` (the quadratic forms in float64: the sandwich cancels in float32)."""
+    import jax
+    import jax.numpy as jnp
+    from jax.flatten_util import ravel_pytree
+
+    from photoinfer.model import network
+    wv, unravel = ravel_pytree(params)
+
+    @jax.jit
+    def jacobians(th):
+        x = network.standardize(th, theta_med, theta_std)
+        ja = jax.vmap(lambda xx: jax.jacrev(lambda w: network.colour_basis_absolute(unravel(w), xx))(wv))(x)
+        jr = jax.vmap(lambda xx: jax.jacrev(lambda w: jnp.log(network.extinction_vector(unravel(w), xx)))(wv))(x)
+        return ja, jr  # (b, B, P) each
+    sums = None
+    for i in range(0, len(theta), batch_size):
+        ja, jr = (np.asarray(j, np.float64) for j in jacobians(jnp.asarray(theta[i:i + batch_size], jnp.float32)))
+        part = np.array([[np.einsum("nbp,nbp->b", j @ c, j) for j in (ja, jr)] for c in covs])  # (C, 2, B)
+        sums = part if sums is None else sums + part
+    return np.sqrt(sums / len(theta))
+
+
+def main(argv=None):
+    import truth_recovery as tr
+
+    from photoinfer.io.catalogs import read_catalog
+    from photoinfer.io.models import load_model
+    from photoinfer.train import TrainConfig
+    from photoinfer.train.validation import GRID_FEH, GRID_LOGG, GRID_TEFF
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--mock-cache", required=True, help="a mock written by truth_recovery.py --mock-cache")
+    p.add_argument("--n", type=int, default=50000, help="its first N stars (default 50000)")
+    p.add_argument("--seed", type=int, default=1, help="training seed (the split; default 1)")
+    p.add_argument("--config", default='{"latent_theta": "profile", "gn_steps": 1}', metavar="JSON",
+                   help="TrainConfig fields (default: the profile estimator; gn_steps must be > 0)")
+    p.add_argument("--out", default=None)
+    a = p.parse_args(argv)
+    truth = load_model(tr.SHARED / "green2020_nn_model.h5")
+    cat = read_catalog(a.mock_cache)
+    cat = cat.subset(np.arange(a.n)) if len(cat) > a.n else cat
+    cfg = TrainConfig(**{"parallax_residual": "parallax", "scale_step": True, **json.loads(a.config),
+                         "iterations": 2, "epochs": 1, "seed": a.seed})
+    z, y, W, z_tilde, Lam_x, ivar, kw = captured_inputs(cat, cfg, truth)
+    S, R = fisher(truth.params, z, W, Lam_x, ivar, kw["n_bands"], cfg.l2_hidden, cfg.l1_extinction)
+    A = np.linalg.inv(S + R)
+    cov_sandwich, cov_fisher = A @ S @ A, A
+    # the held-out stars' true θ inside the region (as truth_recovery.py)
+    from photoinfer.catalog import TRAINING_UNUSABLE
+    from photoinfer.train import schedule
+    usable = cat.usable(TRAINING_UNUSABLE)
+    th_true = np.column_stack([cat.extra[k] for k in ("true_teff", "true_logg", "true_feh")])
+    mask, _ = tr.region_mask(th_true, usable)
+    step = [GRID_TEFF[1] - GRID_TEFF[0], GRID_LOGG[1] - GRID_LOGG[0], GRID_FEH[1] - GRID_FEH[0]]
+    idx = np.clip(np.round((th_true - [GRID_TEFF[0], GRID_LOGG[0], GRID_FEH[0]]) / step).astype(int), 0, 49)
+    held = usable & (schedule.split_labels(len(cat), a.seed, cfg.split) != 0) & mask[idx[:, 0], idx[:, 1], idx[:, 2]]
+    bands = list(truth.bands.names)
+    comp = ["M_G"] + [f"{b}-G" for b in bands[1:]]
+    res = {"command": "python benchmarks/truth_recovery_noise.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+           "n": a.n, "n_training_stars": int(len(z)), "n_parameters": int(len(S)), "held_out_stars_in_region": int(held.sum())}
+    rms = propagated_rms(truth.params, truth.theta_med, truth.theta_std, th_true[held], [cov_sandwich, cov_fisher])
+    for name, (am, rr) in zip(("sandwich", "inverse_fisher_with_regularization"), rms):
+        res[name] = {"AM_rms_mag_stars": dict(zip(comp, am.tolist())), "R_rel_rms_stars": dict(zip(bands, rr.tolist()))}
+    out = a.out or str(tr.REPO / "benchmarks" / "results" / f"truth_recovery_noise_n{a.n}.json")
+    Path(out).write_text(json.dumps(res, indent=1))
+    print(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()
