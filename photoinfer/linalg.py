@@ -5,10 +5,13 @@ Why not ``jnp.linalg`` / ``jax.scipy.linalg``: on the CPU they lower to LAPACK c
 thread pool and blocks a pool thread until the pieces finish.  When a graph runs as many independent batched
 LAPACK calls at once as the pool has threads (two, on a 2-core machine: e.g. an LU solve beside a Cholesky), every
 thread waits for work that no thread is left to run: the process hangs with every thread in a futex wait (seen
-here in training and reproduced with a native stack: two ``tf_XLAEigen`` workers in ``jax::ParallelBatchMap``
-under ``lapack_sgetrf_ffi`` and ``lapack_strsm_ffi``; jaxlib 0.11.1 compiles that path out of open-source
-builds).  Unrolled over the static size these functions are elementwise operations — no custom call, the same
-numbers to float32 rounding (tests/test_linalg.py).  (Measured earlier for two of them: batched LAPACK on 3×3
+here in training, and read off a native stack of the hung process: two ``tf_XLAEigen`` workers in
+``jax::ParallelBatchMap`` under ``lapack_sgetrf_ffi`` and ``lapack_strsm_ffi``; jaxlib 0.11.1 compiles that path
+out of open-source builds).  Unrolled over the static size these functions are slices, arithmetic and stacks —
+no custom call, the same numbers to float32 rounding (tests/test_linalg.py).  No scatter either: a first version
+that filled the factor with ``.at[].set`` crashed XLA's CPU compiler in both full test-suite runs made with it
+(SIGSEGV, then SIGABRT, each while compiling a Gauss–Newton kernel; the same tests passed alone), this one
+passed the suite — suggestive, not a diagnosis.  (Measured earlier for two of them: batched LAPACK on 3×3
 matrices ~50× slower than elementwise arithmetic, :mod:`photoinfer.train.population`; forward substitution on
 13×13 0.12 s per 10⁵ against 0.32 s for ``solve_triangular``.)
 

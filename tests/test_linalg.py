@@ -73,5 +73,5 @@ def test_training_and_inference_kernels_make_no_lapack_calls(released_model, tin
         jax.jit(lambda c, u: jax.vmap(lambda uu: log_q(uu, build_mixture(c)))(u)).lower(centres, jnp.zeros((n, 5))),
     ]
     for lw in lowered:
-        text = lw.as_text().lower()
-        assert "lapack" not in text and "custom_call" not in text, [ln for ln in text.splitlines() if "custom_call" in ln][:3]
+        calls = [ln for ln in lw.as_text().lower().splitlines() if "custom_call" in ln]
+        assert not [ln for ln in calls if "lapack" in ln], calls[:3]  # (jax >= 0.11 lowers lgamma to a custom call)
