@@ -66,6 +66,15 @@ def region_mask(theta_true, usable):
     return dens >= 1e-2, dens
 
 
+def in_region(theta, mask):
+    """(n,) bool: whether each θ (n, 3) falls on a grid node of ``mask`` (:func:`region_mask`), nearest node."""
+    from photoinfer.train.validation import GRID_FEH, GRID_LOGG, GRID_TEFF
+    start = [GRID_TEFF[0], GRID_LOGG[0], GRID_FEH[0]]
+    step = [GRID_TEFF[1] - GRID_TEFF[0], GRID_LOGG[1] - GRID_LOGG[0], GRID_FEH[1] - GRID_FEH[0]]
+    idx = np.clip(np.round((np.asarray(theta) - start) / step).astype(int), 0, np.array(mask.shape) - 1)
+    return mask[idx[:, 0], idx[:, 1], idx[:, 2]]
+
+
 def reddening_z(model, data, E_true):
     """z = (E − E_true)/σ_E of the reddening update with ``model``: with the released σ_E clipping, and without
     it (floor 0.02² + (0.1 E)² off)."""
@@ -111,7 +120,6 @@ def _mock(truth, n, seed, em, reddening_prior_error, cache):
     """The mock: simulated, or the first ``n`` stars of ``cache`` (a catalog file written by an earlier
     run with the same seed and error options; the stars are i.i.d., so its first n are an n-star mock)."""
     from photoinfer.io.catalogs import read_catalog, write_catalog
-    from photoinfer.simulate import simulate_catalog
     if cache is not None and Path(cache).exists():
         cat = read_catalog(cache)
         if len(cat) < n:
@@ -128,7 +136,6 @@ def run(n=200000, seed=1, iterations=20, epochs=25, batch_size=1024, out=None, t
         theta_denoise="none", scale_step=False, lr_decay=0.2, mock_cache=None, extra_config=None, init_truth=False):
     from photoinfer.evaluate import star_data
     from photoinfer.io.models import load_model
-    from photoinfer.simulate import simulate_catalog
     from photoinfer.train import TrainConfig, train
     from photoinfer.train.validation import GRID_FEH, GRID_LOGG, GRID_TEFF
     truth = load_model(SHARED / "green2020_nn_model.h5")
@@ -156,11 +163,8 @@ def run(n=200000, seed=1, iterations=20, epochs=25, batch_size=1024, out=None, t
     held = hist.usable & (hist.split != 0)
     grid = np.stack(np.meshgrid(GRID_TEFF, GRID_LOGG, GRID_FEH, indexing="ij"), -1)
     nodes = grid[mask].astype(np.float32)
-    idx = np.clip(np.round((th_true - [GRID_TEFF[0], GRID_LOGG[0], GRID_FEH[0]])
-                           / [GRID_TEFF[1] - GRID_TEFF[0], GRID_LOGG[1] - GRID_LOGG[0], GRID_FEH[1] - GRID_FEH[0]]
-                           ).astype(int), 0, 49)
-    in_region = mask[idx[:, 0], idx[:, 1], idx[:, 2]]
-    stars = th_true[held & in_region].astype(np.float32)
+    inside = in_region(th_true, mask)
+    stars = th_true[held & inside].astype(np.float32)
     am_s, r_s, R_mean = compare(model, truth, stars)
     am_bias, r_ratio = compare.bias, compare.ratio
     am_n, r_n, _ = compare(model, truth, nodes)
@@ -201,7 +205,7 @@ def run(n=200000, seed=1, iterations=20, epochs=25, batch_size=1024, out=None, t
         "train_seconds": t_train, "final_train_loss": hist.epochs[-1]["train_loss"],
         "final_val_loss": hist.epochs[-1]["val_loss"], "frac_cut_last": hist.iterations[-1]["frac_cut"],
         "region_nodes": int(mask.sum()), "held_out_stars_in_region": int(len(stars)),
-        "frac_held_out_in_region": float(in_region[held].mean()),
+        "frac_held_out_in_region": float(inside[held].mean()),
         "AM_rms_mag_stars": dict(zip(comp, am_s.tolist())), "AM_mean_diff_mag_stars": dict(zip(comp, am_bias.tolist())), "AM_rms_mag_nodes": dict(zip(comp, am_n.tolist())),
         "M_G_by_true_logg": by_logg,
         "R_true_mean": dict(zip(bands, R_mean.tolist())),

@@ -29,7 +29,6 @@ def main(argv=None):
     from photoinfer.catalog import TRAINING_UNUSABLE
     from photoinfer.io.catalogs import read_catalog
     from photoinfer.io.models import load_model
-    from photoinfer.train.validation import GRID_FEH, GRID_LOGG, GRID_TEFF
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--mock", required=True, help="a mock written by truth_recovery.py --mock-cache")
     p.add_argument("--stars", default="50000:90000", help="slice START:STOP of the mock's stars (default 50000:90000)")
@@ -40,10 +39,7 @@ def main(argv=None):
     cat = read_catalog(a.mock)
     cat = cat.subset(np.arange(lo, min(hi, len(cat))))
     th = np.column_stack([cat.extra[k] for k in ("true_teff", "true_logg", "true_feh")])[cat.usable(TRAINING_UNUSABLE)]
-    mask, _ = tr.region_mask(th, np.ones(len(th), bool))
-    step = [GRID_TEFF[1] - GRID_TEFF[0], GRID_LOGG[1] - GRID_LOGG[0], GRID_FEH[1] - GRID_FEH[0]]
-    idx = np.clip(np.round((th - [GRID_TEFF[0], GRID_LOGG[0], GRID_FEH[0]]) / step).astype(int), 0, 49)
-    th = th[mask[idx[:, 0], idx[:, 1], idx[:, 2]]].astype(np.float32)
+    th = th[tr.in_region(th, tr.region_mask(th, np.ones(len(th), bool))[0])].astype(np.float32)
     m0 = np.asarray(truth.predict_y(th, 0.0), float)[:, 0]
     d = {m: np.asarray(load_model(m).predict_y(th, 0.0), float)[:, 0] - m0 for m in a.models}
     res = {"stars": len(th), "models": {m: {"rms": float(np.sqrt(np.mean(v ** 2))), "mean": float(v.mean())} for m, v in d.items()},

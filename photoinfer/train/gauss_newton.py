@@ -149,6 +149,7 @@ def gauss_newton_steps(params, z, y, W, z_tilde, Lam_x, ivar, *, n_bands: int, l
     pad = n_batches * bs - n
     args = [jnp.asarray(np.concatenate([np.asarray(a), np.repeat(np.asarray(a)[:1], pad, 0)]))
             for a in (z, y, W, z_tilde, Lam_x, ivar)]
+    _, _, W_all, _, L_all, iv_all = args
     valid = jnp.asarray(np.r_[np.ones(n), np.zeros(pad)], jnp.float32)
     if normalizer is not None:  # Σ 2 ln Z_i over its stars, × their weight, in chunks (Eq. P2)
         from .parallax import log_normalizer
@@ -219,7 +220,7 @@ def gauss_newton_steps(params, z, y, W, z_tilde, Lam_x, ivar, *, n_bands: int, l
         g = g - rg
         sub = rng.choice(n, min(n_curvature, n), replace=False)
         sb = min(bs, len(sub))
-        S = sum(np.asarray(curvature(unravel(w), *(a[sub[i:i + sb]] for a in (zc, args[2], args[4], args[5]))), np.float64)
+        S = sum(np.asarray(curvature(unravel(w), *(a[sub[i:i + sb]] for a in (zc, W_all, L_all, iv_all))), np.float64)
                 for i in range(0, len(sub) - sb + 1, sb))
         S = S * (n / (len(sub) // sb * sb)) + np.diag(np.asarray(rc, np.float64))
         g64 = np.asarray(g, np.float64)
