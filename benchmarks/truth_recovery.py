@@ -104,11 +104,15 @@ def compare(trained, truth, theta):
     return am_rms, r_rms, R_0.mean(axis=0)
 
 
-def scaled_errors(theta_scale: float = 1.0, parallax_scale: float = 1.0):
-    """The default mock error model with every σ_θ (floors and cuts too) and σ_ϖ multiplied by the scales."""
+def scaled_errors(theta_scale: float = 1.0, parallax_scale: float = 1.0, magnitude_limits: bool = True):
+    """The default mock error model with every σ_θ (floors and cuts too) and σ_ϖ multiplied by the scales; without
+    ``magnitude_limits``, every covered band observed whatever its magnitude or error (no magnitude selection)."""
     from dataclasses import replace
 
     from photoinfer.mock_errors import DEFAULT_ERROR_MODEL as em
+    if not magnitude_limits:
+        em = replace(em, mag_limit=np.full(len(em.band_keys), np.inf), max_mag_err=np.inf,
+                     source=f"{em.source}, no magnitude limits")
     return replace(em, theta_lnmean=np.asarray(em.theta_lnmean) + np.log(theta_scale),
                    theta_err_min=np.asarray(em.theta_err_min) * theta_scale,
                    theta_err_max=np.asarray(em.theta_err_max) * theta_scale,
@@ -120,6 +124,7 @@ def _mock(truth, n, seed, em, reddening_prior_error, cache):
     """The mock: simulated, or the first ``n`` stars of ``cache`` (a catalog file written by an earlier
     run with the same seed and error options; the stars are i.i.d., so its first n are an n-star mock)."""
     from photoinfer.io.catalogs import read_catalog, write_catalog
+    from photoinfer.simulate import simulate_catalog
     if cache is not None and Path(cache).exists():
         cat = read_catalog(cache)
         if len(cat) < n:
@@ -133,15 +138,16 @@ def _mock(truth, n, seed, em, reddening_prior_error, cache):
 
 def run(n=200000, seed=1, iterations=20, epochs=25, batch_size=1024, out=None, theta_error_scale=1.0,
         save_model=None, parallax_error_scale=1.0, reddening_prior_error="berkson", parallax_residual="magnitude",
-        theta_denoise="none", scale_step=False, lr_decay=0.2, mock_cache=None, extra_config=None, init_truth=False):
+        theta_denoise="none", scale_step=False, lr_decay=0.2, mock_cache=None, extra_config=None, init_truth=False,
+        magnitude_limits=True):
     from photoinfer.evaluate import star_data
     from photoinfer.io.models import load_model
     from photoinfer.train import TrainConfig, train
     from photoinfer.train.validation import GRID_FEH, GRID_LOGG, GRID_TEFF
     truth = load_model(SHARED / "green2020_nn_model.h5")
     t0 = time.perf_counter()
-    em = (None if theta_error_scale == 1.0 and parallax_error_scale == 1.0
-          else scaled_errors(theta_error_scale, parallax_error_scale))
+    em = (None if theta_error_scale == 1.0 and parallax_error_scale == 1.0 and magnitude_limits
+          else scaled_errors(theta_error_scale, parallax_error_scale, magnitude_limits))
     cat = _mock(truth, n, seed, em, reddening_prior_error, mock_cache)
     t_sim = time.perf_counter() - t0
     extra_cfg = {} if parallax_residual == "magnitude" else {"parallax_residual": parallax_residual}
@@ -192,7 +198,8 @@ def run(n=200000, seed=1, iterations=20, epochs=25, batch_size=1024, out=None, t
                    f"--parallax-error-scale {parallax_error_scale} --reddening-prior-error {reddening_prior_error} "
                    f"--parallax-residual {parallax_residual} --theta-denoise {theta_denoise}" + (" --scale-step" if scale_step else "")
                    + (f" --lr-decay {lr_decay}" if lr_decay != 0.2 else "")
-                   + (f" --config '{json.dumps(extra_config)}'" if extra_config else "") + (" --init-truth" if init_truth else ""),
+                   + (f" --config '{json.dumps(extra_config)}'" if extra_config else "") + (" --init-truth" if init_truth else "")
+                   + ("" if magnitude_limits else " --no-magnitude-limits"),
         "train_config": cfg.to_dict(),
         "theta_denoise": theta_denoise, "scale_step": scale_step,
         "R_scale_per_iteration": [r.get("R_scale", 1.0) for r in hist.iterations],
@@ -241,6 +248,9 @@ def main(argv=None):
                         "the errors-in-variables bias of training on measured θ")
     p.add_argument("--parallax-error-scale", type=float, default=1.0,
                    help="multiply the mock's parallax errors (default 1: the real sample's)")
+    p.add_argument("--no-magnitude-limits", action="store_true",
+                   help="a mock without magnitude selection: every covered band observed, however faint (is the "
+                        "selection of the training stars on their magnitudes what biases M_G?)")
     p.add_argument("--reddening-prior-error", choices=("berkson", "classical"), default="berkson",
                    help="the mock's reddening prior (docs/simulate.md; default berkson: the prior is the "
                         "distribution of E given the map)")
@@ -265,12 +275,14 @@ def main(argv=None):
     a = p.parse_args(argv)
     tag = "".join(f"_{k}{v:g}" for k, v in (("thetaerr", a.theta_error_scale), ("plxerr", a.parallax_error_scale))
                   if v != 1.0)
+    tag += "_nomaglim" if a.no_magnitude_limits else ""
     tag = f"_{a.reddening_prior_error}_{a.parallax_residual}" + ("_tweedie" if a.theta_denoise == "tweedie" else "") + ("_scale" if a.scale_step else "") + tag \
         + (f"_epochs{a.epochs}" if a.epochs != 25 else "") + (f"_lrdecay{a.lr_decay:g}" if a.lr_decay != 0.2 else "") + (f"_n{a.n}" if a.n != 200000 else "") + a.tag
     out = a.out or str(REPO / "benchmarks" / "results" / f"truth_recovery{tag}.json")
     print(json.dumps(run(a.n, a.seed, a.iterations, a.epochs, a.batch_size, out, a.theta_error_scale, a.save_model,
                          a.parallax_error_scale, a.reddening_prior_error, a.parallax_residual, a.theta_denoise, a.scale_step, a.lr_decay,
-                         a.mock_cache, json.loads(a.config) if a.config else None, a.init_truth), indent=1))
+                         a.mock_cache, json.loads(a.config) if a.config else None, a.init_truth,
+                         not a.no_magnitude_limits), indent=1))
 
 
 if __name__ == "__main__":

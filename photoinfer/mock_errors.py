@@ -71,6 +71,9 @@ class ErrorModel:
         fraction and the normal of ln σ_θ (σ_θ in K, dex, dex).
     theta_err_min, theta_err_max : (3,)
         Clip of σ_θ (METHOD §6 floors and cuts).
+    max_mag_err : float
+        A band is unobserved where its error at the noise-free magnitude exceeds this [mag] (default
+        ``MAX_MAG_ERR``, 0.2; ``inf`` with ``mag_limit`` = ``inf``: a mock without magnitude selection).
     reference : dict or None
         Real per-star arrays to resample instead of the fits: ``sigma_E0`` (N,), ``theta_cov``
         (N, 3, 3), ``atm_source`` (N,).
@@ -98,6 +101,7 @@ class ErrorModel:
     theta_lncov: np.ndarray
     theta_err_min: np.ndarray = field(default_factory=lambda: np.array([10.0, 0.05, 0.03]))
     theta_err_max: np.ndarray = field(default_factory=lambda: np.array([200.0, 0.5, 0.5]))
+    max_mag_err: float = MAX_MAG_ERR
     reference: dict | None = None
     source: str = ""
 

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .catalog import Catalog
-from .mock_errors import (DEFAULT_ERROR_MODEL, MAX_MAG_ERR, ErrorModel, parallax_error, photometric_error)
+from .mock_errors import DEFAULT_ERROR_MODEL, ErrorModel, parallax_error, photometric_error
 
 __all__ = ["simulate_catalog", "HealpixRegion", "Cone", "DustModel", "sample_sky", "sample_theta_validity",
            "sample_theta_from_array", "sample_mu", "mu_grid_cdf", "dust_reddening", "screen_reddening",
@@ -293,7 +293,7 @@ def observe_photometry(rng: np.random.Generator, true_mag: np.ndarray, em: Error
     """Noisy magnitudes and errors (N, B), NaN where unobserved.
 
     A band is observed when the real-star mask resampled in the star's reference-magnitude bin says
-    so, its noise-free magnitude is brighter than ``em.mag_limit`` and σ(m) ≤ 0.2 mag.  Noise is
+    so, its noise-free magnitude is brighter than ``em.mag_limit`` and σ(m) ≤ ``em.max_mag_err`` (0.2 mag).  Noise is
     N(0, σ²) with σ = the reported error (Eq. E1 at the noise-free magnitude).
     """
     n, B = true_mag.shape
@@ -306,7 +306,7 @@ def observe_photometry(rng: np.random.Generator, true_mag: np.ndarray, em: Error
         if len(sel):
             code[sel] = np.asarray(em.mask_codes[k])[rng.choice(len(counts), size=len(sel), p=counts / counts.sum())]
     covered = ((code[:, None] >> np.arange(B)[None, :]) & 1).astype(bool)
-    observed = covered & (true_mag <= em.mag_limit) & (sigma <= MAX_MAG_ERR) & np.isfinite(true_mag)
+    observed = covered & (true_mag <= em.mag_limit) & (sigma <= em.max_mag_err) & np.isfinite(true_mag)
     noise = rng.normal(size=(n, B))
     mag = np.where(observed, true_mag + sigma * noise, np.nan)
     return mag, np.where(observed, sigma, np.nan)

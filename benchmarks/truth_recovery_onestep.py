@@ -1,0 +1,324 @@
+"""Which bias does a training objective have?  One Gauss–Newton step from the truth, per objective.
+
+Usage::
+
+    python benchmarks/truth_recovery_onestep.py --mock-cache benchmarks/results/cache/mock200k_s1.parquet \
+        --n 50000 --nodes 3 --objectives profile laplace gh3 --out benchmarks/results/truth_recovery_onestep_s1.json
+    python benchmarks/truth_recovery_onestep.py --pair A.npz B.npz      # two mocks: bias against noise
+
+An estimator ŵ = argmin Σ_i F_i(w) started at the truth w₀ moves to first order by
+Δw = −½ (S + R + λ diag(S + R))⁻¹ ∇_w [Σ_i F_i + N_B reg](w₀) (S: the Fisher matrix of truth_recovery_noise.py,
+R: the regularization's curvature, λ = 10⁻³ the first damping of the Gauss–Newton steps).  Over noise
+realizations Δw averages to the estimator's bias; on one mock it is bias + noise.  Two independent mocks (``--pair``)
+separate them: the rms of their mean ("shared") holds the bias and half the noise variance, the rms of their
+difference / √2 is one mock's noise, and √(shared² − noise²/2) estimates the bias.  The step is linear in the
+gradient, so the regularization's own step (``regularization alone``) and the normalization's (``normalization
+alone``, with a distance prior) are reported too, and ``(data)`` in ``--pair`` is a step without the regularization's.
+ΔM_G is evaluated at the true θ of stars none of the mocks trained on (as truth_recovery_compare.py: ``--eval-stars``
+of ``--eval-mock``, inside the region of truth_recovery.py) and saved per objective in
+``benchmarks/results/cache/<name of the JSON>.npz`` (not in git: 0.5 MB each).
+
+Objectives (per star; φ(x, E) = ‖W(ŷ − A M(x) − E A R(x))‖² + (x − x̂)ᵀΛ_x(x − x̂) + (E − E₀)²/σ²_E₀, x standardized θ):
+
+- ``profile``: min over (x, E) of φ (``latent_theta="profile"``; the profiled loss of photoinfer/train/profile.py
+  about the mode);
+- ``laplace``: min over (x, E) of φ − 2 ln p(x) + ln det(J_zᵀJ_z + Λ), the population prior p (Eq. X0, fitted
+  by the training loop) in Λ through its majorizer (Eq. X3): the objective of ``latent_theta="marginal"``;
+- ``gh<n>``: the marginal −2 ln ∫∫ e^{−φ/2} p(x) dE dx itself, E in closed form (the model is linear in E) and x
+  by an n³-node Gauss–Hermite rule on the axes of the Gauss–Newton Laplace posterior of x (n = 1: Laplace).
+
+The inputs are those of the training loop's first Gauss–Newton call (``train(..., init=truth)``, the call skipped;
+``latent_theta="marginal"`` with ``--config`` added).  Counterfactuals: ``--config '{"distance_prior":
+"bayestar"}'`` (y₁ with the distances' prior, Eq. P1, and Σ_i 2 ln Z_i, Eq. P2, in every objective);
+``--ideal-parallax`` (the parallax residual's μ̃ replaced by an exactly linear, unbiased observation of the true μ);
+``--prior-from-truth`` (p fitted to the members' true θ).  A mock without magnitude selection:
+``truth_recovery.py --no-magnitude-limits --mock-cache FILE``.  Writes ``--out`` (default
+``benchmarks/results/truth_recovery_onestep_n<N>.json``) and prints it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def captured(cat, cfg, truth, ideal_parallax=False, prior_from_truth=False):
+    """The first Gauss–Newton call's stars (z, ŷ, W, x̂ and Λ_x as measured, E₀, 1/σ²_E₀) and the population
+    prior, from ``train(..., init=truth)`` (the call itself skipped).  With ``ideal_parallax`` the parallax
+    residual's pseudo-observation μ̃ is replaced by μ_true + σ_μ̃ ε (an exactly linear, unbiased observation of the
+    true distance modulus with the same error; ε seeded); with ``prior_from_truth`` the population mixture is fitted
+    to the members' true θ instead of deconvolved from θ̂."""
+    from photoinfer.train import gauss_newton, loop, parallax, profile, train
+    box = {}
+    real = (gauss_newton.gauss_newton_steps, profile.with_population_prior, loop._population_prior,
+            parallax.pseudo_distance_modulus)
+    mu_true = np.asarray(cat.extra["true_mu"], np.float64)
+    eps = np.random.default_rng(12345).normal(size=len(cat))
+
+    def ideal(parallax_, parallax_err, mu_lin):
+        mu_t, sig = real[3](parallax_, parallax_err, mu_lin)
+        return np.where(np.isfinite(mu_t), mu_true + sig * eps, mu_t), sig
+
+    def capture(params, z, y, W, z_tilde, Lam_x, ivar, **kw):
+        box.setdefault("args", (z, y, W, z_tilde, Lam_x, ivar, kw))
+        return params, np.asarray(z), []
+
+    def population(data, select, state, cfg_):
+        if prior_from_truth:  # the mixture fitted to the members' true θ (errors 10⁻³ std): the right p(θ)
+            from photoinfer.model import network
+            from photoinfer.train.population import fit_population
+            th = np.column_stack([cat.extra[k] for k in ("true_teff", "true_logg", "true_feh")])[select]
+            x = np.asarray(network.standardize(th, state.theta_med, state.theta_std), np.float64)
+            box["prior"] = fit_population(x, np.broadcast_to(1e-6 * np.eye(3), (len(x), 3, 3)), cfg_.prior_components,
+                                          seed=cfg_.seed)
+            box["prior"][1]["seconds"] = 0.0
+        else:
+            box["prior"] = real[2](data, select, state, cfg_)
+        return box["prior"]
+    gauss_newton.gauss_newton_steps = capture
+    profile.with_population_prior = lambda aux, prior, x, **k: aux  # keep the measured x̂, Λ_x in the call
+    loop._population_prior = population
+    if ideal_parallax:
+        parallax.pseudo_distance_modulus = ideal
+    try:
+        train(cat, cfg, init=truth)
+    finally:
+        (gauss_newton.gauss_newton_steps, profile.with_population_prior, loop._population_prior,
+         parallax.pseudo_distance_modulus) = real
+    return box["args"], box["prior"][0]
+
+
+def objectives(params, prior, nodes_1d):
+    """Per-star objective functions of the network weights (flat) for one star's arrays, by name."""
+    import jax
+    import jax.numpy as jnp
+    from jax.flatten_util import ravel_pytree
+
+    from photoinfer import linalg as la
+    from photoinfer.model import network
+    from photoinfer.train.population import combine_with_measurement, neg2_log_density, quadratic_majorizer
+    from photoinfer.train.profile import star_profile_loss
+    w0, unravel = ravel_pytree(params)
+
+    def parts(wv, x):
+        p = unravel(wv)
+        return network.colour_basis_absolute(p, x), network.to_colour_basis(network.extinction_vector(p, x))
+
+    def phi4(wv, z, y, W, xh, L, E0, iv, prior_on=True):
+        a, c = parts(wv, z[:3])
+        r = W @ (y - a - z[3] * c)
+        d = z[:3] - xh
+        out = r @ r + d @ L @ d + iv * (z[3] - E0) ** 2
+        return out + (neg2_log_density(prior, z[:3]) if prior_on else 0.0)
+
+    def newton(f, z0, n_steps=8):
+        def step(z, _):
+            g, H = jax.grad(f)(z), jax.hessian(f)(z)
+            H = H + 1e-6 * jnp.eye(len(z), dtype=z.dtype)
+            dz = -la.solve_spd(H + 1e-3 * jnp.diag(jnp.diag(H)), g)
+            z2 = z + dz
+            ok = jnp.isfinite(f(z2)) & (f(z2) < f(z))
+            return jnp.where(ok, z2, z), None
+        return jax.lax.scan(step, z0, None, length=n_steps)[0]
+
+    def profile(wv, z, y, W, xh, L, E0, iv):
+        """The profiled loss of photoinfer/train/profile.py about the mode z* (its gradient in w is that of
+        min_z φ to first order, also where z* is not quite stationary)."""
+        zs = jax.lax.stop_gradient(newton(lambda zz: phi4(jax.lax.stop_gradient(wv), zz, y, W, xh, L, E0, iv, False), z))
+        return star_profile_loss(unravel(wv), zs[:3], zs[3], xh, L, E0, iv, y, W)[0]
+
+    def laplace(wv, z, y, W, xh, L, E0, iv):
+        """As ``latent_theta="marginal"``: the profiled loss + ln det H with the measurement and the prior's
+        majorizer combined (Eq. X3) at the mode of φ + ln det H."""
+        ws = jax.lax.stop_gradient(wv)
+
+        def logdet(zz, Lp):
+            Jz = jax.jacfwd(lambda q: W @ (parts(ws, q[:3])[0] + q[3] * parts(ws, q[:3])[1]))(zz)
+            Lam = jnp.zeros((4, 4), zz.dtype).at[:3, :3].set(L + Lp).at[3, 3].set(iv)
+            return la.logdet_spd(Jz.T @ Jz + Lam)
+        Lp0 = jax.lax.stop_gradient(quadratic_majorizer(prior, z[:3])[0])
+        zs = jax.lax.stop_gradient(newton(lambda zz: phi4(ws, zz, y, W, xh, L, E0, iv) + logdet(zz, Lp0), z))
+        xt, Lt = combine_with_measurement(prior, zs[:3], xh, L)
+        return star_profile_loss(unravel(wv), zs[:3], zs[3], xt, Lt, E0, iv, y, W, log_det=True)[0]
+
+    def g_x(wv, x, y, W, xh, L, E0, iv):
+        """−2 ln ∫ e^{−φ/2} dE + ln 2π (E in closed form), as a function of x."""
+        a, c = parts(wv, x)
+        u, v = W @ (y - a), W @ c
+        h = v @ v + iv
+        Eh = (v @ u + iv * E0) / h
+        d = x - xh
+        return u @ u + iv * E0 ** 2 - h * Eh ** 2 + jnp.log(h) + d @ L @ d + neg2_log_density(prior, x)
+
+    gh = {}
+    for n in nodes_1d:
+        t, wt = np.polynomial.hermite_e.hermegauss(n)
+        U = np.stack(np.meshgrid(t, t, t, indexing="ij"), -1).reshape(-1, 3)
+        lw = np.log(np.prod(np.stack(np.meshgrid(wt, wt, wt, indexing="ij"), -1).reshape(-1, 3), 1)) + 0.5 * (U ** 2).sum(1)
+        gh[n] = (jnp.asarray(U, jnp.float32), jnp.asarray(lw, jnp.float32))
+
+    def proposal_precision(wv, x, y, W, L, E0, iv):
+        """The Gauss–Newton precision of x at x (E eliminated): the Schur complement of J_zᵀJ_z + Λ (with the
+        prior's majorizer), positive definite where the exact Hessian of g need not be."""
+        a, c = parts(wv, x)
+        u, v = W @ (y - a), W @ c
+        Eh = (v @ u + iv * E0) / (v @ v + iv)
+        z = jnp.concatenate([x, Eh[None]])
+        Jz = jax.jacfwd(lambda q: W @ (parts(wv, q[:3])[0] + q[3] * parts(wv, q[:3])[1]))(z)
+        A = Jz.T @ Jz
+        A = A.at[:3, :3].add(L + quadratic_majorizer(prior, x)[0]).at[3, 3].add(iv)
+        return A[:3, :3] - jnp.outer(A[:3, 3], A[3, :3]) / A[3, 3]
+
+    def cubature(n):
+        U, lw = gh[n]
+
+        def F(wv, z, y, W, xh, L, E0, iv):
+            ws = jax.lax.stop_gradient(wv)
+            f = lambda x: g_x(ws, x, y, W, xh, L, E0, iv)  # noqa: E731
+            xs = newton(f, z[:3])
+            H = jax.lax.stop_gradient(proposal_precision(ws, xs, y, W, L, E0, iv))
+            Lc = la.cholesky(la.inv_spd(H))  # Σ = H⁻¹ = Lc Lcᵀ
+            xk = jax.lax.stop_gradient(xs)[None] + U @ Lc.T
+            vals = jax.vmap(lambda x: g_x(wv, x, y, W, xh, L, E0, iv))(xk)
+            return -2.0 * (jax.scipy.special.logsumexp(lw - 0.5 * vals) + jnp.sum(jnp.log(jnp.diag(Lc))))
+        return F
+
+    fns = {"profile": profile, "laplace": laplace, **{f"gh{n}": cubature(n) for n in nodes_1d}}
+    return w0, unravel, fns
+
+
+def pair(path_a, path_b):
+    """Two mocks' one-step ΔM_G (.npz written by this script, same ``--eval-stars``), per objective: their correlation,
+    the rms of their mean ("shared"), of their difference / √2 ("noise", one mock's), and the shared part beyond
+    noise, √(shared² − noise²/2) ("bias"); also with the regularization's own step taken out ("data")."""
+    a, b = np.load(path_a), np.load(path_b)
+    rms = lambda v: float(np.sqrt(np.mean(v ** 2)))  # noqa: E731
+    out = {}
+    for k in a.files:
+        if k == "theta" or k not in b.files:
+            continue
+        for part, (x, y) in {"": (a[k], b[k]),
+                             " (data)": (a[k] - a["regularization alone"], b[k] - b["regularization alone"])}.items():
+            if part and (k.endswith("alone") or "regularization alone" not in a.files):
+                continue
+            sh, no = rms((x + y) / 2), rms(x - y) / np.sqrt(2)
+            out[k + part] = {"correlation": float(np.corrcoef(x, y)[0, 1]), "shared": sh, "noise": no,
+                             "mean": float(np.mean((x + y) / 2)), "bias": float(np.sqrt(max(sh ** 2 - no ** 2 / 2, 0.0)))}
+    return out
+
+
+def main(argv=None):
+    if argv is None and sys.argv[1:2] == ["--pair"] or argv is not None and argv[:1] == ["--pair"]:
+        args = (argv if argv is not None else sys.argv[1:])[1:]
+        print(json.dumps(pair(*args), indent=1))
+        return
+    import jax
+    import jax.numpy as jnp
+    import truth_recovery as tr
+    from truth_recovery_noise import fisher
+
+    from photoinfer.catalog import TRAINING_UNUSABLE
+    from photoinfer.io.catalogs import read_catalog
+    from photoinfer.io.models import load_model
+    from photoinfer.model import network
+    from photoinfer.train import TrainConfig
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--mock-cache", required=True, help="a mock written by truth_recovery.py --mock-cache")
+    p.add_argument("--n", type=int, default=50000, help="its first N stars (default 50000)")
+    p.add_argument("--seed", type=int, default=1, help="training seed (the split; default 1)")
+    p.add_argument("--nodes", type=int, nargs="+", default=[1, 3, 5], help="Gauss–Hermite nodes per axis")
+    p.add_argument("--objectives", nargs="+", default=None, help="subset of profile, laplace, gh<n>")
+    p.add_argument("--compare", nargs="*", default=[], help="saved models (truth_recovery.py --save-model)")
+    p.add_argument("--eval-mock", default=str(Path(__file__).resolve().parent / "results" / "cache" / "mock200k_s1.parquet"),
+                   help="the mock whose stars' true θ ΔM_G is evaluated at (default the seed-1 200k cache)")
+    p.add_argument("--eval-stars", default="50000:90000", help="its slice START:STOP (default 50000:90000)")
+    p.add_argument("--ideal-parallax", action="store_true",
+                   help="replace the parallax residual's μ̃ by μ_true + σ_μ̃ ε (is the parallax treatment the bias?)")
+    p.add_argument("--config", default="{}", metavar="JSON",
+                   help='more TrainConfig fields, e.g. \'{"distance_prior": "bayestar"}\' (with it every objective has Σ 2 ln Z_i)')
+    p.add_argument("--prior-from-truth", action="store_true",
+                   help="fit the population mixture to the true θ (is the deconvolved p(θ) the bias?)")
+    p.add_argument("--batch", type=int, default=512)
+    p.add_argument("--damping", type=float, default=1e-3,
+                   help="λ of the step (S + R + λ diag(S + R))⁻¹ (the Gauss–Newton steps' first damping; default 1e-3)")
+    p.add_argument("--out", default=None)
+    a = p.parse_args(argv)
+    truth = load_model(tr.SHARED / "green2020_nn_model.h5")
+    cat = read_catalog(a.mock_cache)
+    cat = cat.subset(np.arange(a.n)) if len(cat) > a.n else cat
+    cfg = TrainConfig(**{"parallax_residual": "parallax", "scale_step": True, **json.loads(a.config),
+                         "latent_theta": "marginal", "gn_steps": 1, "iterations": 2, "epochs": 1, "seed": a.seed})
+    (z, y, W, z_tilde, Lam_x, ivar, kw), prior = captured(cat, cfg, truth, a.ideal_parallax, a.prior_from_truth)
+    n_bands = kw["n_bands"]
+    w0, unravel, fns = objectives(truth.params, prior, a.nodes)
+    names = a.objectives or list(fns)
+    t0 = time.perf_counter()
+    S, R = fisher(truth.params, z, W, Lam_x, ivar, n_bands, cfg.l2_hidden, cfg.l1_extinction)
+    t_fisher = time.perf_counter() - t0
+    reg_grad = jax.grad(lambda wv: len(z) * n_bands * network.regularization(unravel(wv), cfg.l2_hidden,
+                                                                             cfg.l1_extinction))(w0)
+    normalizer, z_grad = kw.get("normalizer"), 0.0
+    if normalizer is not None:  # + weight · Σ 2 ln Z_i (Eq. P2 of photoinfer/train/parallax.py), in every objective
+        from photoinfer.train.parallax import log_normalizer
+        zg = jax.jit(jax.grad(lambda wv, *c: 2.0 * jnp.sum(log_normalizer(unravel(wv), normalizer.draws, *c,
+                                                                          normalizer.galactic))))
+        st = normalizer.stars()
+        z_grad = normalizer.weight * sum(np.asarray(zg(w0, *(q[i:i + 2048] for q in st)), np.float64)
+                                         for i in range(0, len(st[0]), 2048))
+    arrays = [np.asarray(v, np.float32) for v in (z, y, W, z_tilde[:, :3], Lam_x, z_tilde[:, 3], ivar)]
+    steps, timing, values = {}, {}, {}
+    for name in names:
+        gb = jax.jit(lambda wv, *b, f=fns[name]: jax.value_and_grad(
+            lambda ww: jnp.sum(jax.vmap(lambda *s: f(ww, *s))(*b)))(wv))
+        t0 = time.perf_counter()
+        tot, val = 0.0, 0.0
+        for i in range(0, len(z), a.batch):
+            v, g = gb(w0, *(jnp.asarray(x[i:i + a.batch]) for x in arrays))
+            tot, val = tot + np.asarray(g, np.float64), val + float(v)
+        timing[name] = time.perf_counter() - t0
+        values[name] = val
+        g = tot + np.asarray(reg_grad, np.float64) + z_grad
+        steps[name] = -0.5 * np.linalg.solve(S + R + a.damping * np.diag(np.diag(S + R)), g)
+        print(name, f"{timing[name]:.0f} s", flush=True)
+    damped = S + R + a.damping * np.diag(np.diag(S + R))
+    steps["regularization alone"] = -0.5 * np.linalg.solve(damped, np.asarray(reg_grad, np.float64))
+    if normalizer is not None:
+        steps["normalization alone"] = -0.5 * np.linalg.solve(damped, z_grad)
+    # ΔM_G at the held-out stars' true θ in the region
+    ev = read_catalog(a.eval_mock)  # the θ where ΔM_G is compared: as truth_recovery_compare.py
+    lo, hi = (int(v) for v in a.eval_stars.split(":"))
+    ev = ev.subset(np.arange(lo, min(hi, len(ev))))
+    th = np.column_stack([ev.extra[k] for k in ("true_teff", "true_logg", "true_feh")])[ev.usable(TRAINING_UNUSABLE)]
+    th = th[tr.in_region(th, tr.region_mask(th, np.ones(len(th), bool))[0])].astype(np.float32)
+    x = jnp.asarray(network.standardize(th, truth.theta_med, truth.theta_std), jnp.float32)
+    jmg = jax.jit(jax.vmap(lambda xx: jax.grad(lambda wv: network.colour_basis_absolute(unravel(wv), xx)[0])(w0)))
+    J = np.concatenate([np.asarray(jmg(x[i:i + 2048]), np.float64) for i in range(0, len(x), 2048)])
+    d = {k: J @ v for k, v in steps.items()}
+    m0 = np.asarray(truth.predict_y(th, 0.0), float)[:, 0]
+    for m in a.compare:
+        d["model:" + Path(m).name] = np.asarray(load_model(m).predict_y(th, 0.0), float)[:, 0] - m0
+    keys = list(d)
+    res = {"command": "python benchmarks/truth_recovery_onestep.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+           "n": a.n, "n_training_stars": int(len(z)), "eval_stars": int(len(th)),
+           "fisher_seconds": t_fisher, "seconds": timing, "objective_sum": values,
+           "dM_G": {k: {"rms": float(np.sqrt(np.mean(v ** 2))), "mean": float(v.mean())} for k, v in d.items()},
+           "correlation": {f"{k1} | {k2}": float(np.corrcoef(d[k1], d[k2])[0, 1])
+                           for i, k1 in enumerate(keys) for k2 in keys[i + 1:]},
+           "difference_rms": {f"{k1} - {k2}": float(np.sqrt(np.mean((d[k1] - d[k2]) ** 2)))
+                              for i, k1 in enumerate(keys) for k2 in keys[i + 1:]}}
+    out = a.out or str(tr.REPO / "benchmarks" / "results" / f"truth_recovery_onestep_n{a.n}.json")
+    Path(out).write_text(json.dumps(res, indent=1))
+    cache = tr.REPO / "benchmarks" / "results" / "cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    np.savez(cache / (Path(out).stem + ".npz"), theta=th, **{k: v for k, v in d.items() if not k.startswith("model:")})
+    print(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()
