@@ -73,7 +73,7 @@ class ErrorModel:
         Clip of σ_θ (METHOD §6 floors and cuts).
     max_mag_err : float
         A band is unobserved where its error at the noise-free magnitude exceeds this [mag] (default
-        ``MAX_MAG_ERR``, 0.2; ``inf`` with ``mag_limit`` = ``inf``: a mock without magnitude selection).
+        ``MAX_MAG_ERR``, 0.2; very large with ``mag_limit`` = ``inf``: a mock without magnitude selection).
     reference : dict or None
         Real per-star arrays to resample instead of the fits: ``sigma_E0`` (N,), ``theta_cov``
         (N, 3, 3), ``atm_source`` (N,).
