@@ -106,14 +106,14 @@ def compare(trained, truth, theta):
 
 def scaled_errors(theta_scale: float = 1.0, parallax_scale: float = 1.0, magnitude_limits: bool = True):
     """The default mock error model with every σ_θ (floors and cuts too) and σ_ϖ multiplied by the scales; without
-    ``magnitude_limits``, every covered band observed whatever its magnitude, up to errors of 10⁹ mag (the errors
-    grow exponentially with magnitude: beyond that a band carries nothing, and its σ² would overflow float32
-    anyway): no selection on magnitudes."""
+    ``magnitude_limits``, every covered band observed whatever its magnitude, its error capped at 1 mag (they grow
+    exponentially with magnitude: uncapped, the faintest bands of such a mock reach 10⁴⁶ mag): no selection on
+    magnitudes."""
     from dataclasses import replace
 
     from photoinfer.mock_errors import DEFAULT_ERROR_MODEL as em
     if not magnitude_limits:
-        em = replace(em, mag_limit=np.full(len(em.band_keys), np.inf), max_mag_err=1e9,
+        em = replace(em, mag_limit=np.full(len(em.band_keys), np.inf), max_mag_err=np.inf, mag_err_cap=1.0,
                      source=f"{em.source}, no magnitude limits")
     return replace(em, theta_lnmean=np.asarray(em.theta_lnmean) + np.log(theta_scale),
                    theta_err_min=np.asarray(em.theta_err_min) * theta_scale,

@@ -73,7 +73,11 @@ class ErrorModel:
         Clip of σ_θ (METHOD §6 floors and cuts).
     max_mag_err : float
         A band is unobserved where its error at the noise-free magnitude exceeds this [mag] (default
-        ``MAX_MAG_ERR``, 0.2; very large with ``mag_limit`` = ``inf``: a mock without magnitude selection).
+        ``MAX_MAG_ERR``, 0.2).
+    mag_err_cap : float
+        Errors larger than this [mag] are reported (and drawn) as this (default ``inf``: none).  With
+        ``mag_limit = max_mag_err = inf`` and a cap: a mock without any selection on magnitudes whose faint bands
+        stay finite numbers.
     reference : dict or None
         Real per-star arrays to resample instead of the fits: ``sigma_E0`` (N,), ``theta_cov``
         (N, 3, 3), ``atm_source`` (N,).
@@ -102,6 +106,7 @@ class ErrorModel:
     theta_err_min: np.ndarray = field(default_factory=lambda: np.array([10.0, 0.05, 0.03]))
     theta_err_max: np.ndarray = field(default_factory=lambda: np.array([200.0, 0.5, 0.5]))
     max_mag_err: float = MAX_MAG_ERR
+    mag_err_cap: float = np.inf
     reference: dict | None = None
     source: str = ""
 

@@ -293,11 +293,12 @@ def observe_photometry(rng: np.random.Generator, true_mag: np.ndarray, em: Error
     """Noisy magnitudes and errors (N, B), NaN where unobserved.
 
     A band is observed when the real-star mask resampled in the star's reference-magnitude bin says
-    so, its noise-free magnitude is brighter than ``em.mag_limit`` and σ(m) ≤ ``em.max_mag_err`` (0.2 mag).  Noise is
+    so, its noise-free magnitude is brighter than ``em.mag_limit`` and σ(m) ≤ ``em.max_mag_err`` (0.2 mag), σ(m)
+    capped at ``em.mag_err_cap`` (none by default).  Noise is
     N(0, σ²) with σ = the reported error (Eq. E1 at the noise-free magnitude).
     """
     n, B = true_mag.shape
-    sigma = photometric_error(em, true_mag)
+    sigma = np.minimum(photometric_error(em, true_mag), em.mag_err_cap)
     bins = np.digitize(np.nan_to_num(true_mag[:, 0], nan=99.0), em.mask_edges)
     code = np.zeros(n, np.int64)
     for k in range(len(em.mask_codes)):

@@ -119,19 +119,20 @@ def test_missing_band_fractions_match_real_sample(mock, sample_8k):
 
 
 def test_without_magnitude_limits_every_covered_band_is_observed(released_model):
-    """A mock with ``mag_limit = inf``, ``max_mag_err = 1e9`` (truth_recovery.py --no-magnitude-limits) draws the same
-    stars and keeps every band the default mock keeps, plus the faint ones it drops: no star is selected on its
-    magnitudes."""
+    """A mock with ``mag_limit = max_mag_err = inf`` and errors capped at 1 mag (truth_recovery.py
+    --no-magnitude-limits) draws the same stars and keeps every band the default mock keeps, plus the faint ones it
+    drops: no star is selected on its magnitudes."""
     sys.path.insert(0, str(REPO / "benchmarks"))
     import truth_recovery as tr
     em = tr.scaled_errors(magnitude_limits=False)
-    assert np.isinf(em.mag_limit).all() and em.max_mag_err == 1e9
+    assert np.isinf(em.mag_limit).all() and np.isinf(em.max_mag_err) and em.mag_err_cap == 1.0
     a = tr._mock(released_model, 2000, 3, None, "berkson", None)  # default errors, simulated (no cache)
     b = tr._mock(released_model, 2000, 3, em, "berkson", None)
     np.testing.assert_array_equal(a.extra["true_mu"], b.extra["true_mu"])
     assert (b.observed | ~a.observed).all()  # what the default observes, the unlimited mock observes too
     faint = b.observed & ~a.observed
-    assert faint.sum() > 100 and np.nanmin(b.mag_err[faint]) > 0.0
+    assert faint.sum() > 100 and np.nanmin(b.mag_err[faint]) > 0.0 and np.nanmax(b.mag_err) == 1.0
+    np.testing.assert_array_equal(b.mag_err[a.observed], a.mag_err[a.observed])  # the cap touches only faint bands
     tm = _true_mag(b)
     lim = np.broadcast_to(DEFAULT_ERROR_MODEL.mag_limit, tm.shape)
     assert ((tm > lim) | (photometric_error(DEFAULT_ERROR_MODEL, tm) > MAX_MAG_ERR))[faint].all()

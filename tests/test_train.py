@@ -303,6 +303,12 @@ def test_linearized_data_matches_star_data_and_uses_every_parallax(released_mode
     has_ref = np.isfinite(cat.mag[:, 0])
     assert not np.asarray(paper.y_obs)[:30, 0].any()
     np.testing.assert_array_equal(np.asarray(lin.y_obs)[:, 0], has_ref)
+    # a parallax error 10¹² times the model's parallax (the faint end of a mock without magnitude limits): no y₁,
+    # and nothing non-finite in float32
+    cat.parallax_err[40] = 1e12 * 10.0 ** (2.0 - 30.0 / 5.0)
+    far = linearized_data(paper, ParallaxInputs(cat), np.where(np.arange(len(cat)) == 40, 30.0, np.where(good, mu_hat, 12.0)))
+    assert not bool(far.y_obs[40, 0]) and np.isfinite(np.asarray(far.y_hat)).all() and np.isfinite(np.asarray(far.sigma_mu)).all()
+    np.testing.assert_array_equal(np.asarray(far.y_obs)[:, 0], has_ref & (np.arange(len(cat)) != 40))
 
 
 def test_parallax_residual_is_unbiased_where_the_paper_is_not(released_model):

@@ -242,12 +242,15 @@ def _with_y1(data: StarData, y1, sigma_mu, obs1) -> StarData:
 
 def linearized_data(data: StarData, px: ParallaxInputs, mu_lin, prior=None) -> StarData:
     """``data`` with y₁ = m̂_G − μ̃, σ_μ = σ_μ̃ (linearized about ``mu_lin``) for every star with a parallax;
-    with a Galactic ``prior`` (name), (μ', σ_μ') of Eq. P1 instead."""
+    with a Galactic ``prior`` (name), (μ', σ_μ') of Eq. P1 instead.  A pseudo-observation beyond 10⁶ mag (value or
+    error: a parallax error many orders above the model's parallax, as at the faint end of a mock without
+    magnitude limits) carries no weight and would overflow float32: that star's y₁ is left unobserved."""
     mu_t, sig = pseudo_distance_modulus(px.parallax, px.parallax_err, mu_lin)
     if prior is not None:
         g, a = distance_prior_terms(mu_lin, px.l, px.b, prior)
-        with np.errstate(invalid="ignore", divide="ignore"):
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             mu_t, sig = with_distance_prior(mu_t, sig, np.asarray(mu_lin, np.float64), g, a)
-    obs1 = px.usable & np.isfinite(mu_t) & np.isfinite(sig) & (sig > 0)
+    with np.errstate(invalid="ignore"):
+        obs1 = px.usable & (np.abs(mu_t) < 1e6) & (sig > 0) & (sig < 1e6)
     return _with_y1(data, px.mag_ref - np.nan_to_num(mu_t), np.nan_to_num(sig), obs1)
 
