@@ -203,10 +203,10 @@ def pair(path_a, path_b):
     for k in a.files:
         if k == "theta" or k not in b.files:
             continue
-        for part, (x, y) in {"": (a[k], b[k]),
-                             " (data)": (a[k] - a["regularization alone"], b[k] - b["regularization alone"])}.items():
-            if part and (k.endswith("alone") or "regularization alone" not in a.files):
-                continue
+        parts = {"": (a[k], b[k])}
+        if not k.endswith("alone") and "regularization alone" in a.files and "regularization alone" in b.files:
+            parts[" (data)"] = (a[k] - a["regularization alone"], b[k] - b["regularization alone"])
+        for part, (x, y) in parts.items():
             sh, no = rms((x + y) / 2), rms(x - y) / np.sqrt(2)
             out[k + part] = {"correlation": float(np.corrcoef(x, y)[0, 1]), "shared": sh, "noise": no,
                              "mean": float(np.mean((x + y) / 2)), "bias": float(np.sqrt(max(sh ** 2 - no ** 2 / 2, 0.0)))}
