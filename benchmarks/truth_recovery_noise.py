@@ -18,8 +18,8 @@ a floor no estimator of this network on these stars can beat without bias, to co
 drift of a run started at the truth.
 
 The training stars, their whitening and latent (θ, E) are those the training loop hands to its first
-Gauss–Newton call (``train(..., init=truth)`` with two iterations of one epoch, the steps skipped); S is
-evaluated at the truth's weights.  Writes ``benchmarks/results/truth_recovery_noise_n<N>.json``.
+Gauss–Newton call (:func:`captured`: ``train(..., init=truth)`` with two iterations of one epoch, the steps
+skipped); S is evaluated at the truth's weights.  Writes ``benchmarks/results/truth_recovery_noise_n<N>.json``.
 """
 from __future__ import annotations
 
@@ -33,21 +33,68 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def captured_inputs(cat, cfg, truth):
-    """The arguments of the training loop's first ``gauss_newton_steps`` call (which is skipped)."""
-    from photoinfer.train import gauss_newton, train
+def captured(cat, cfg, truth, measured=False, ideal_parallax=False, prior_from_truth=False):
+    """The arguments of the training loop's first ``gauss_newton_steps`` call (z, ŷ, W, z̃, Λ_x, 1/σ²_E₀, keywords)
+    and the population prior (None without one), from ``train(..., init=truth)`` (the call itself skipped).  With
+    ``measured``, z̃ and Λ_x are the θ measurement's alone (not combined with the population prior).  With ``ideal_parallax`` the parallax
+    residual's pseudo-observation μ̃ is replaced by μ_true + σ_μ̃ ε (an exactly linear, unbiased observation of the
+    true distance modulus with the same error; ε seeded); with ``prior_from_truth`` the population mixture is fitted
+    to the members' true θ instead of deconvolved from θ̂."""
+    from photoinfer.train import gauss_newton, loop, parallax, profile, train
     box = {}
+    real = (gauss_newton.gauss_newton_steps, profile.with_population_prior, loop._population_prior,
+            parallax.pseudo_distance_modulus)
+    mu_true = np.asarray(cat.extra["true_mu"], np.float64)
+    eps = np.random.default_rng(12345).normal(size=len(cat))
+
+    def ideal(parallax_, parallax_err, mu_lin):
+        mu_t, sig = real[3](parallax_, parallax_err, mu_lin)
+        return np.where(np.isfinite(mu_t), mu_true + sig * eps, mu_t), sig
 
     def capture(params, z, y, W, z_tilde, Lam_x, ivar, **kw):
         box.setdefault("args", (z, y, W, z_tilde, Lam_x, ivar, kw))
         return params, np.asarray(z), []
-    real = gauss_newton.gauss_newton_steps
+
+    def population(data, select, state, cfg_):
+        if prior_from_truth:  # the mixture fitted to the members' true θ (errors 10⁻³ std): the right p(θ)
+            from photoinfer.model import network
+            from photoinfer.train.population import fit_population
+            th = np.column_stack([cat.extra[k] for k in ("true_teff", "true_logg", "true_feh")])[select]
+            x = np.asarray(network.standardize(th, state.theta_med, state.theta_std), np.float64)
+            box["prior"] = fit_population(x, np.broadcast_to(1e-6 * np.eye(3), (len(x), 3, 3)), cfg_.prior_components,
+                                          seed=cfg_.seed)
+            box["prior"][1]["seconds"] = 0.0
+        else:
+            box["prior"] = real[2](data, select, state, cfg_)
+        return box["prior"]
     gauss_newton.gauss_newton_steps = capture
+    if measured:
+        profile.with_population_prior = lambda aux, prior, x, **k: aux
+    loop._population_prior = population
+    if ideal_parallax:
+        parallax.pseudo_distance_modulus = ideal
     try:
         train(cat, cfg, init=truth)
     finally:
-        gauss_newton.gauss_newton_steps = real
-    return box["args"]
+        (gauss_newton.gauss_newton_steps, profile.with_population_prior, loop._population_prior,
+         parallax.pseudo_distance_modulus) = real
+    return box["args"], box["prior"][0] if "prior" in box else None
+
+
+def from_truth(mock_cache, n, config, seed=1, **options):
+    """(truth, the mock's first ``n`` stars, the TrainConfig, :func:`captured`'s two results) for ``config`` (a dict of
+    TrainConfig fields over the truth-recovery defaults; two iterations of one epoch, started at the truth)."""
+    import truth_recovery as tr
+
+    from photoinfer.io.catalogs import read_catalog
+    from photoinfer.io.models import load_model
+    from photoinfer.train import TrainConfig
+    truth = load_model(tr.SHARED / "green2020_nn_model.h5")
+    cat = read_catalog(mock_cache)
+    cat = cat.subset(np.arange(n)) if len(cat) > n else cat
+    cfg = TrainConfig(**{"parallax_residual": "parallax", "scale_step": True, **config, "iterations": 2, "epochs": 1,
+                         "seed": seed})
+    return (truth, cat, cfg) + captured(cat, cfg, truth, **options)
 
 
 def fisher(params, z, W, Lam_x, ivar, n_bands, l2, l1, batch_size=1024):
@@ -87,9 +134,6 @@ def propagated_rms(params, theta_med, theta_std, theta, cov, batch_size=256):
 def main(argv=None):
     import truth_recovery as tr
 
-    from photoinfer.io.catalogs import read_catalog
-    from photoinfer.io.models import load_model
-    from photoinfer.train import TrainConfig
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--mock-cache", required=True, help="a mock written by truth_recovery.py --mock-cache")
     p.add_argument("--n", type=int, default=50000, help="its first N stars (default 50000)")
@@ -98,12 +142,7 @@ def main(argv=None):
                    help="TrainConfig fields (default: the profile estimator; gn_steps must be > 0)")
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
-    truth = load_model(tr.SHARED / "green2020_nn_model.h5")
-    cat = read_catalog(a.mock_cache)
-    cat = cat.subset(np.arange(a.n)) if len(cat) > a.n else cat
-    cfg = TrainConfig(**{"parallax_residual": "parallax", "scale_step": True, **json.loads(a.config),
-                         "iterations": 2, "epochs": 1, "seed": a.seed})
-    z, y, W, z_tilde, Lam_x, ivar, kw = captured_inputs(cat, cfg, truth)
+    truth, cat, cfg, (z, y, W, z_tilde, Lam_x, ivar, kw), _ = from_truth(a.mock_cache, a.n, json.loads(a.config), a.seed)
     S, R = fisher(truth.params, z, W, Lam_x, ivar, kw["n_bands"], cfg.l2_hidden, cfg.l1_extinction)
     cov = np.linalg.inv(S + R)
     # the held-out stars' true θ inside the region (as truth_recovery.py)

@@ -48,52 +48,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def captured(cat, cfg, truth, ideal_parallax=False, prior_from_truth=False):
-    """The first Gauss–Newton call's stars (z, ŷ, W, x̂ and Λ_x as measured, E₀, 1/σ²_E₀) and the population
-    prior, from ``train(..., init=truth)`` (the call itself skipped).  With ``ideal_parallax`` the parallax
-    residual's pseudo-observation μ̃ is replaced by μ_true + σ_μ̃ ε (an exactly linear, unbiased observation of the
-    true distance modulus with the same error; ε seeded); with ``prior_from_truth`` the population mixture is fitted
-    to the members' true θ instead of deconvolved from θ̂."""
-    from photoinfer.train import gauss_newton, loop, parallax, profile, train
-    box = {}
-    real = (gauss_newton.gauss_newton_steps, profile.with_population_prior, loop._population_prior,
-            parallax.pseudo_distance_modulus)
-    mu_true = np.asarray(cat.extra["true_mu"], np.float64)
-    eps = np.random.default_rng(12345).normal(size=len(cat))
-
-    def ideal(parallax_, parallax_err, mu_lin):
-        mu_t, sig = real[3](parallax_, parallax_err, mu_lin)
-        return np.where(np.isfinite(mu_t), mu_true + sig * eps, mu_t), sig
-
-    def capture(params, z, y, W, z_tilde, Lam_x, ivar, **kw):
-        box.setdefault("args", (z, y, W, z_tilde, Lam_x, ivar, kw))
-        return params, np.asarray(z), []
-
-    def population(data, select, state, cfg_):
-        if prior_from_truth:  # the mixture fitted to the members' true θ (errors 10⁻³ std): the right p(θ)
-            from photoinfer.model import network
-            from photoinfer.train.population import fit_population
-            th = np.column_stack([cat.extra[k] for k in ("true_teff", "true_logg", "true_feh")])[select]
-            x = np.asarray(network.standardize(th, state.theta_med, state.theta_std), np.float64)
-            box["prior"] = fit_population(x, np.broadcast_to(1e-6 * np.eye(3), (len(x), 3, 3)), cfg_.prior_components,
-                                          seed=cfg_.seed)
-            box["prior"][1]["seconds"] = 0.0
-        else:
-            box["prior"] = real[2](data, select, state, cfg_)
-        return box["prior"]
-    gauss_newton.gauss_newton_steps = capture
-    profile.with_population_prior = lambda aux, prior, x, **k: aux  # keep the measured x̂, Λ_x in the call
-    loop._population_prior = population
-    if ideal_parallax:
-        parallax.pseudo_distance_modulus = ideal
-    try:
-        train(cat, cfg, init=truth)
-    finally:
-        (gauss_newton.gauss_newton_steps, profile.with_population_prior, loop._population_prior,
-         parallax.pseudo_distance_modulus) = real
-    return box["args"], box["prior"][0]
-
-
 def objectives(params, prior, nodes_1d):
     """Per-star objective functions of the network weights (flat) for one star's arrays, by name."""
     import jax
@@ -102,7 +56,11 @@ def objectives(params, prior, nodes_1d):
 
     from photoinfer import linalg as la
     from photoinfer.model import network
-    from photoinfer.train.population import combine_with_measurement, neg2_log_density, quadratic_majorizer
+    from photoinfer.train.population import (
+        combine_with_measurement,
+        neg2_log_density,
+        quadratic_majorizer,
+    )
     from photoinfer.train.profile import star_profile_loss
     w0, unravel = ravel_pytree(params)
 
@@ -221,13 +179,12 @@ def main(argv=None):
     import jax
     import jax.numpy as jnp
     import truth_recovery as tr
-    from truth_recovery_noise import fisher
+    from truth_recovery_noise import fisher, from_truth
 
     from photoinfer.catalog import TRAINING_UNUSABLE
     from photoinfer.io.catalogs import read_catalog
     from photoinfer.io.models import load_model
     from photoinfer.model import network
-    from photoinfer.train import TrainConfig
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--mock-cache", required=True, help="a mock written by truth_recovery.py --mock-cache")
     p.add_argument("--n", type=int, default=50000, help="its first N stars (default 50000)")
@@ -249,12 +206,9 @@ def main(argv=None):
                    help="λ of the step (S + R + λ diag(S + R))⁻¹ (the Gauss–Newton steps' first damping; default 1e-3)")
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
-    truth = load_model(tr.SHARED / "green2020_nn_model.h5")
-    cat = read_catalog(a.mock_cache)
-    cat = cat.subset(np.arange(a.n)) if len(cat) > a.n else cat
-    cfg = TrainConfig(**{"parallax_residual": "parallax", "scale_step": True, **json.loads(a.config),
-                         "latent_theta": "marginal", "gn_steps": 1, "iterations": 2, "epochs": 1, "seed": a.seed})
-    (z, y, W, z_tilde, Lam_x, ivar, kw), prior = captured(cat, cfg, truth, a.ideal_parallax, a.prior_from_truth)
+    truth, cat, cfg, (z, y, W, z_tilde, Lam_x, ivar, kw), prior = from_truth(
+        a.mock_cache, a.n, {**json.loads(a.config), "latent_theta": "marginal", "gn_steps": 1}, a.seed, measured=True,
+        ideal_parallax=a.ideal_parallax, prior_from_truth=a.prior_from_truth)
     n_bands = kw["n_bands"]
     w0, unravel, fns = objectives(truth.params, prior, a.nodes)
     names = a.objectives or list(fns)
