@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..mock_errors import DEFAULT_ERROR_MODEL, parallax_error, photometric_error
-from ..simulate import MAX_MAG_ERR, observe_photometry
+from ..mock_errors import DEFAULT_ERROR_MODEL, MAX_MAG_ERR, parallax_error, photometric_error
+from ..simulate import observe_photometry
 
 __all__ = ["PARAMS", "prior_predictive_mock"]
 
