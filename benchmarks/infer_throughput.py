@@ -41,7 +41,7 @@ def plate_baseline(model, prior, cat, n_chains, num_warmup, num_samples, seed):
     from numpyro.infer import MCMC, NUTS
     from photoinfer.infer.fit import _star_keys
     from photoinfer.infer.init import candidate_grid, candidate_neighbours, initial_points
-    from photoinfer.infer.model import catalog_model, model_arrays, star_inputs, unconstrain
+    from photoinfer.infer.model import catalog_model, model_arrays, star_inputs
     arrays = model_arrays(model)
     s = jax.tree_util.tree_map(jnp.asarray, star_inputs(cat))
     x_cand, cell = candidate_grid(prior, arrays)
