@@ -56,6 +56,7 @@ def objectives(params, prior, nodes_1d):
 
     from photoinfer import linalg as la
     from photoinfer.model import network
+    from photoinfer.train.gauss_newton import _model, joint_objective_terms, log_det_h
     from photoinfer.train.population import (
         combine_with_measurement,
         neg2_log_density,
@@ -69,11 +70,8 @@ def objectives(params, prior, nodes_1d):
         return network.colour_basis_absolute(p, x), network.to_colour_basis(network.extinction_vector(p, x))
 
     def phi4(wv, z, y, W, xh, L, E0, iv, prior_on=True):
-        a, c = parts(wv, z[:3])
-        r = W @ (y - a - z[3] * c)
-        d = z[:3] - xh
-        out = r @ r + d @ L @ d + iv * (z[3] - E0) ** 2
-        return out + (neg2_log_density(prior, z[:3]) if prior_on else 0.0)
+        chi2, q = joint_objective_terms(unravel(wv), z, y, W, jnp.concatenate([xh, E0[None]]), L, iv)
+        return chi2 + q + (neg2_log_density(prior, z[:3]) if prior_on else 0.0)
 
     def newton(f, z0, n_steps=8):
         def step(z, _):
@@ -97,9 +95,7 @@ def objectives(params, prior, nodes_1d):
         ws = jax.lax.stop_gradient(wv)
 
         def logdet(zz, Lp):
-            Jz = jax.jacfwd(lambda q: W @ (parts(ws, q[:3])[0] + q[3] * parts(ws, q[:3])[1]))(zz)
-            Lam = jnp.zeros((4, 4), zz.dtype).at[:3, :3].set(L + Lp).at[3, 3].set(iv)
-            return la.logdet_spd(Jz.T @ Jz + Lam)
+            return log_det_h(unravel(ws), zz, W, L + Lp, iv)
         Lp0 = jax.lax.stop_gradient(quadratic_majorizer(prior, z[:3])[0])
         zs = jax.lax.stop_gradient(newton(lambda zz: phi4(ws, zz, y, W, xh, L, E0, iv) + logdet(zz, Lp0), z))
         xt, Lt = combine_with_measurement(prior, zs[:3], xh, L)
@@ -128,7 +124,7 @@ def objectives(params, prior, nodes_1d):
         u, v = W @ (y - a), W @ c
         Eh = (v @ u + iv * E0) / (v @ v + iv)
         z = jnp.concatenate([x, Eh[None]])
-        Jz = jax.jacfwd(lambda q: W @ (parts(wv, q[:3])[0] + q[3] * parts(wv, q[:3])[1]))(z)
+        Jz = jax.jacfwd(lambda q: W @ _model(unravel(wv), q))(z)
         A = Jz.T @ Jz
         A = A.at[:3, :3].add(L + quadratic_majorizer(prior, x)[0]).at[3, 3].add(iv)
         return A[:3, :3] - jnp.outer(A[:3, 3], A[3, :3]) / A[3, 3]
@@ -172,9 +168,9 @@ def pair(path_a, path_b):
 
 
 def main(argv=None):
-    if argv is None and sys.argv[1:2] == ["--pair"] or argv is not None and argv[:1] == ["--pair"]:
-        args = (argv if argv is not None else sys.argv[1:])[1:]
-        print(json.dumps(pair(*args), indent=1))
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--pair"]:
+        print(json.dumps(pair(*argv[1:]), indent=1))
         return
     import jax
     import jax.numpy as jnp
@@ -258,7 +254,7 @@ def main(argv=None):
     for m in a.compare:
         d["model:" + Path(m).name] = np.asarray(load_model(m).predict_y(th, 0.0), float)[:, 0] - m0
     keys = list(d)
-    res = {"command": "python benchmarks/truth_recovery_onestep.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    res = {"command": "python benchmarks/truth_recovery_onestep.py " + " ".join(argv),
            "n": a.n, "n_training_stars": int(len(z)), "eval_stars": int(len(th)),
            "fisher_seconds": t_fisher, "seconds": timing, "objective_sum": values,
            "dM_G": {k: {"rms": float(np.sqrt(np.mean(v ** 2))), "mean": float(v.mean())} for k, v in d.items()},
