@@ -251,8 +251,8 @@ def main(argv=None):
     p.add_argument("--parallax-error-scale", type=float, default=1.0,
                    help="multiply the mock's parallax errors (default 1: the real sample's)")
     p.add_argument("--no-magnitude-limits", action="store_true",
-                   help="a mock without magnitude selection: every covered band observed, however faint (is the "
-                        "selection of the training stars on their magnitudes what biases M_G?)")
+                   help="a mock without magnitude selection: every covered band observed, however faint, its error "
+                        "capped at 1 mag (is the selection of the training stars on their magnitudes what biases M_G?)")
     p.add_argument("--reddening-prior-error", choices=("berkson", "classical"), default="berkson",
                    help="the mock's reddening prior (docs/simulate.md; default berkson: the prior is the "
                         "distribution of E given the map)")
@@ -273,7 +273,7 @@ def main(argv=None):
     p.add_argument("--tag", default="", help="appended to the default output name")
     p.add_argument("--save-model", default=None, metavar="PATH", help="also write the trained model here")
     p.add_argument("--out", default=None, help="default benchmarks/results/truth_recovery_<prior>_<residual>[_tweedie][_scale][_thetaerrX]"
-                                        "[_plxerrY][_epochsE][_lrdecayD][_nN].json")
+                                        "[_plxerrY][_nomaglim][_epochsE][_lrdecayD][_nN][TAG].json")
     a = p.parse_args(argv)
     tag = "".join(f"_{k}{v:g}" for k, v in (("thetaerr", a.theta_error_scale), ("plxerr", a.parallax_error_scale))
                   if v != 1.0)
