@@ -33,12 +33,15 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def captured(cat, cfg, truth, measured=False, ideal_parallax=False, prior_from_truth=False):
-    """The arguments of the training loop's first ``gauss_newton_steps`` call (z, ŷ, W, z̃, Λ_x, 1/σ²_E₀, keywords)
-    and the population prior (None without one), from ``train(..., init=truth)`` (the call itself skipped).  With
+def captured(cat, cfg, truth, measured=False, ideal_parallax=False, prior_from_truth=False, call=1):
+    """The arguments of the training loop's ``call``-th ``gauss_newton_steps`` call (z, ŷ, W, z̃, Λ_x, 1/σ²_E₀,
+    keywords) and the population prior then (None without one), from ``train(..., init=truth)`` (the calls
+    themselves skipped; ``cfg.iterations`` must be ≥ call + 1).  The first call's y₁ is linearized about the
+    distances of the measured θ̂, the later calls' about those of the previous joint fit (as in most of training).  With
     ``measured``, z̃ and Λ_x are the θ measurement's alone (not combined with the population prior).  With ``ideal_parallax`` the parallax
     residual's pseudo-observation μ̃ is replaced by μ_true + σ_μ̃ ε (an exactly linear, unbiased observation of the
-    true distance modulus with the same error; ε seeded); with ``prior_from_truth`` the population mixture is fitted
+    true distance modulus with the same error; ε seeded; ``ideal_parallax="true"``: that error evaluated at the true μ
+instead of μ_lin, so that it does not depend on the star's photometric and θ noise); with ``prior_from_truth`` the population mixture is fitted
     to the members' true θ instead of deconvolved from θ̂."""
     from photoinfer.train import gauss_newton, loop, parallax, profile, train
     box = {}
@@ -49,10 +52,14 @@ def captured(cat, cfg, truth, measured=False, ideal_parallax=False, prior_from_t
 
     def ideal(parallax_, parallax_err, mu_lin):
         mu_t, sig = real[3](parallax_, parallax_err, mu_lin)
+        if ideal_parallax == "true":  # σ_μ̃ at the true μ: independent of the star's other noise
+            sig = np.where(np.isfinite(sig), real[3](parallax_, parallax_err, mu_true)[1], sig)
         return np.where(np.isfinite(mu_t), mu_true + sig * eps, mu_t), sig
 
     def capture(params, z, y, W, z_tilde, Lam_x, ivar, **kw):
-        box.setdefault("args", (z, y, W, z_tilde, Lam_x, ivar, kw))
+        box["calls"] = box.get("calls", 0) + 1
+        if box["calls"] == call:
+            box["args"], box["prior_then"] = (z, y, W, z_tilde, Lam_x, ivar, kw), box.get("prior")
         return params, np.asarray(z), []
 
     def population(data, select, state, cfg_):
@@ -78,7 +85,7 @@ def captured(cat, cfg, truth, measured=False, ideal_parallax=False, prior_from_t
     finally:
         (gauss_newton.gauss_newton_steps, profile.with_population_prior, loop._population_prior,
          parallax.pseudo_distance_modulus) = real
-    return box["args"], box["prior"][0] if "prior" in box else None
+    return box["args"], box["prior_then"][0] if box.get("prior_then") is not None else None
 
 
 def from_truth(mock_cache, n, config, seed=1, **options):
@@ -92,7 +99,7 @@ def from_truth(mock_cache, n, config, seed=1, **options):
     truth = load_model(tr.SHARED / "green2020_nn_model.h5")
     cat = read_catalog(mock_cache)
     cat = cat.subset(np.arange(n)) if len(cat) > n else cat
-    cfg = TrainConfig(**{"parallax_residual": "parallax", "scale_step": True, **config, "iterations": 2, "epochs": 1,
+    cfg = TrainConfig(**{"parallax_residual": "parallax", "scale_step": True, **config, "iterations": 1 + options.get("call", 1), "epochs": 1,
                          "seed": seed})
     return (truth, cat, cfg) + captured(cat, cfg, truth, **options)
 

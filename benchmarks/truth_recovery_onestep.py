@@ -191,12 +191,16 @@ def main(argv=None):
     p.add_argument("--eval-mock", default=str(Path(__file__).resolve().parent / "results" / "cache" / "mock200k_s1.parquet"),
                    help="the mock whose stars' true θ ΔM_G is evaluated at (default the seed-1 200k cache)")
     p.add_argument("--eval-stars", default="50000:90000", help="its slice START:STOP (default 50000:90000)")
-    p.add_argument("--ideal-parallax", action="store_true",
-                   help="replace the parallax residual's μ̃ by μ_true + σ_μ̃ ε (is the parallax treatment the bias?)")
+    p.add_argument("--ideal-parallax", nargs="?", const="lin", choices=["lin", "true"], default=None,
+                   help="replace the parallax residual's μ̃ by μ_true + σ_μ̃ ε (is the parallax treatment the bias?); "
+                        "'true': σ_μ̃ evaluated at the true μ, not at μ_lin (is its dependence on the star's noise?)")
     p.add_argument("--config", default="{}", metavar="JSON",
                    help='more TrainConfig fields, e.g. \'{"distance_prior": "bayestar"}\' (with it every objective has Σ 2 ln Z_i)')
     p.add_argument("--prior-from-truth", action="store_true",
                    help="fit the population mixture to the true θ (is the deconvolved p(θ) the bias?)")
+    p.add_argument("--call", type=int, default=1,
+                   help="capture the training loop's CALL-th Gauss–Newton call (default 1: y₁ linearized about the distances "
+                        "of θ̂; 2: about those of the first joint fit, as in the rest of training)")
     p.add_argument("--batch", type=int, default=512)
     p.add_argument("--damping", type=float, default=1e-3,
                    help="λ of the step (S + R + λ diag(S + R))⁻¹ (the Gauss–Newton steps' first damping; default 1e-3)")
@@ -204,7 +208,7 @@ def main(argv=None):
     a = p.parse_args(argv)
     truth, cat, cfg, (z, y, W, z_tilde, Lam_x, ivar, kw), prior = from_truth(
         a.mock_cache, a.n, {**json.loads(a.config), "latent_theta": "marginal", "gn_steps": 1}, a.seed, measured=True,
-        ideal_parallax=a.ideal_parallax, prior_from_truth=a.prior_from_truth)
+        ideal_parallax=a.ideal_parallax, prior_from_truth=a.prior_from_truth, call=a.call)
     n_bands = kw["n_bands"]
     w0, unravel, fns = objectives(truth.params, prior, a.nodes)
     names = a.objectives or list(fns)
