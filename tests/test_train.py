@@ -209,6 +209,9 @@ def test_command_end_to_end_and_resume(tiny, tiny_file, tmp_path, capsys):
     assert "resuming" in err and "after iteration 2" in err
     second, _ = load_checkpoint(tmp_path / "m.h5.checkpoint")
     assert second.iteration == 3 and len(second.history["iterations"]) == 3
+    # --regularization reaches the config: a checkpoint of the paper's cannot be resumed with a tenth of it
+    assert main([*common, "--iterations", "4", "--regularization", "0.1"]) != 0
+    assert "l2_hidden" in capsys.readouterr().err
     # only one more iteration ran: the first two iterations' records (with their timings) are unchanged
     assert second.history["epochs"][:4] == first.history["epochs"]
     resumed = load_model(out)
@@ -527,6 +530,8 @@ def test_regression_extinction_is_the_pooled_within_cell_slope(released_model):
         regression_extinction(no_plx, np.ones(len(k), bool))
     with pytest.raises(ValueError, match="init_extinction"):
         TrainConfig(init_extinction="keras")
+    with pytest.raises(ValueError, match="l1_extinction"):
+        TrainConfig(l1_extinction=-1e-3)
 
 
 # ---------------------------------------------------------------------- slow: truth recovery (must-show)

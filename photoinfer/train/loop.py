@@ -169,6 +169,9 @@ class TrainConfig:
             if self.latent_theta != "marginal":
                 raise ValueError("TrainConfig.distance_prior needs latent_theta='marginal': its normalization (Eq. P2) "
                                  "integrates the population density of θ")
+        if not (self.l2_hidden >= 0 and self.l1_extinction >= 0):
+            raise ValueError(f"TrainConfig: the regularization must be >= 0, got l2_hidden = {self.l2_hidden}, "
+                             f"l1_extinction = {self.l1_extinction}")
         if self.init_extinction not in ("glorot", "regression"):
             raise ValueError(f"TrainConfig.init_extinction must be 'glorot' or 'regression', not {self.init_extinction!r}")
         if self.latent_theta not in LATENT:
