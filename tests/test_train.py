@@ -502,34 +502,7 @@ def test_scale_step_is_invisible_to_photometry_and_recovers_the_scale(released_m
     assert abs(s - 1 / 1.1) < 4 / np.sqrt(fisher), (s, 1 / 1.1, 1 / np.sqrt(fisher))
 
 
-def test_regression_extinction_is_the_pooled_within_cell_slope(released_model):
-    """Noise-free stars in cells of identical θ, E₀ = E: the within-cell slope of ŷ on E₀ is A R(θ_c) in each cell,
-    so the estimate is Σ_c Var_c(E) R(θ_c) / Σ_c Var_c(E), to float32 rounding; a catalog without parallaxes is
-    refused naming itself; ``init_extinction`` is validated."""
-    from photoinfer.train.loop import regression_extinction
-    rng = np.random.default_rng(seed())
-    cells = np.array([[4500.0, 2.5, 0.0], [5000.0, 3.2, -0.5], [5800.0, 4.4, 0.0], [6400.0, 4.2, -0.3],
-                      [4300.0, 4.6, 0.1]])
-    k = np.repeat(np.arange(len(cells)), 60)
-    theta = cells[k]
-    E = rng.uniform(0.0, 1.5, len(k))
-    mu = rng.uniform(8.0, 11.0, len(k))
-    mag = np.asarray(released_model.predict_magnitudes(theta, mu, E), np.float64)
-    plx = 10.0 ** (2.0 - mu / 5.0)
-    cat = Catalog.from_arrays(mag, np.full(mag.shape, 0.02), bands=released_model.bands, parallax=plx,
-                              parallax_err=0.01 * plx, theta=theta, theta_cov=np.broadcast_to(np.eye(3) * 1e-4, (len(k), 3, 3)),
-                              E0=E, sigma_E0=np.full(len(k), 0.05), name="cells")
-    R = regression_extinction(cat, np.ones(len(k), bool), floor=0.0)
-    Rc = np.asarray(released_model.extinction(cells), np.float64)
-    w = np.array([np.var(E[k == c]) * np.sum(k == c) for c in range(len(cells))])
-    np.testing.assert_allclose(R, w @ Rc / w.sum(), rtol=2e-3, atol=2e-3)
-    no_plx = Catalog.from_arrays(mag, np.full(mag.shape, 0.02), bands=released_model.bands, theta=theta,
-                                 theta_cov=np.broadcast_to(np.eye(3) * 1e-4, (len(k), 3, 3)), E0=E,
-                                 sigma_E0=np.full(len(k), 0.05), name="no-parallax")
-    with pytest.raises(ValueError, match="no-parallax"):
-        regression_extinction(no_plx, np.ones(len(k), bool))
-    with pytest.raises(ValueError, match="init_extinction"):
-        TrainConfig(init_extinction="keras")
+def test_regularization_must_not_be_negative():
     with pytest.raises(ValueError, match="l1_extinction"):
         TrainConfig(l1_extinction=-1e-3)
 

@@ -58,11 +58,6 @@ class TrainConfig:
         (per component), so that the first steps fit shapes rather than offsets.  With 10⁶ stars
         it makes no difference; with a few thousand (few steps per epoch) it avoids an iteration
         0 that ends far from the data.
-    init_extinction : {"glorot", "regression"}
-        Fresh weights only: the extinction layer's start.  "glorot": Keras's default (R = exp(x·W),
-        W Glorot-uniform: R ≈ 1 in every band, varying by e^±1 over θ).  "regression": W = 0 and
-        R from the data (:func:`regression_extinction`: the slope of each ŷ component on E₀
-        within cells of θ̂).
     max_cut_fraction : float
         Safety of the outlier cut: if the threshold would leave out more than this fraction of
         the usable training stars (a model still far from the data), the threshold is raised to
@@ -137,7 +132,6 @@ class TrainConfig:
     rebuild_batch_size: int = 8192
     validity: bool = True
     init_output_bias: bool = True
-    init_extinction: str = "glorot"
     max_cut_fraction: float = 0.5
     parallax_residual: str = "magnitude"
     distance_prior: str = "none"
@@ -172,8 +166,6 @@ class TrainConfig:
         if not (self.l2_hidden >= 0 and self.l1_extinction >= 0):
             raise ValueError(f"TrainConfig: the regularization must be >= 0, got l2_hidden = {self.l2_hidden}, "
                              f"l1_extinction = {self.l1_extinction}")
-        if self.init_extinction not in ("glorot", "regression"):
-            raise ValueError(f"TrainConfig.init_extinction must be 'glorot' or 'regression', not {self.init_extinction!r}")
         if self.latent_theta not in LATENT:
             raise ValueError(f"TrainConfig.latent_theta must be one of {LATENT}, not {self.latent_theta!r}")
         if self.latent_theta != "none" and self.theta_denoise != "none":
@@ -201,7 +193,7 @@ class TrainConfig:
     #: Settings that must agree between a checkpoint and the run resuming it (iterations may grow).
     RESUME_KEYS = ("epochs", "batch_size", "seed", "learning_rate", "lr_decay", "split", "max_sigma_E0_first",
                    "cut_start", "cut_end", "cut_k_end", "n_hidden", "l2_hidden", "l1_extinction",
-                   "init_output_bias", "init_extinction", "max_cut_fraction", "parallax_residual", "distance_prior", "normalizer_draws",
+                   "init_output_bias", "max_cut_fraction", "parallax_residual", "distance_prior", "normalizer_draws",
                    "normalizer_stars", "theta_denoise", "scale_step",
                    "latent_theta", "latent_steps", "prior_components", "gn_steps", "gn_curvature", "polish_steps",
                    "polish_iterations")
@@ -362,52 +354,6 @@ def _median_target(cat: Catalog, select) -> np.ndarray:
     return np.nan_to_num(med)
 
 
-def regression_extinction(cat: Catalog, select, cell=(100.0, 0.2, 0.2), floor: float = 1e-3) -> np.ndarray:
-    """R (B,) from the data alone: the slope of each component of ŷ on the reddening prior E₀ within cells
-    of measured θ (fixed effects: ŷ and E₀ de-meaned per cell of ``cell`` = (K, dex, dex)).
-
-    In y-space ŷ = A M(θ) + E A R, so within a cell, where A M(θ) varies little, the slope of ŷ_j on E
-    is (A R)_j: R_G for y₁ = m̂_G − μ̂, R_b − R_G for the colours; R_b = R_G + (R_b − R_G).  On E₀ instead of
-    E the slopes are attenuated by the factor k = Cov(E, E₀)/Var(E₀) of the stars used (k < 1 when the
-    catalog's magnitude limits drop the most reddened stars; measured ≈ 0.6–0.75 on the default mock), so
-    all components are fitted on the same stars, those with y₁ observed: R comes out ≈ k·R, the
-    shape across bands right and every R_b positive (with y₁ and the colours on different stars, the
-    different k gave R_b < 0 in the infrared).  The training loop's reddening updates and E₀ prior set
-    the scale afterwards.  R_b below ``floor`` is raised to it.
-
-    Parameters
-    ----------
-    cat : Catalog;  select : (N,) bool, the stars to use
-
-    Returns
-    -------
-    R : (B,) > 0
-    """
-    d = star_data(cat.subset(select))
-    y, obs = np.asarray(d.y_hat, np.float64), np.asarray(d.y_obs, bool)
-    E0, th = np.asarray(d.E0, np.float64), np.asarray(cat.theta, np.float64)[np.asarray(select)]
-    use = obs[:, 0] & np.isfinite(E0) & np.isfinite(th).all(axis=1)
-    if use.sum() < 100:
-        raise ValueError(f"{cat.name}: {use.sum()} stars with a parallax-based y₁ and a reddening prior; need 100 "
-                         "to estimate the extinction vector to start from (TrainConfig.init_extinction='regression')")
-    cid = np.unique(np.floor(th[use] / np.asarray(cell)).astype(np.int64), axis=0, return_inverse=True)[1].ravel()
-    slope = np.full(y.shape[1], np.nan)
-    for j in range(y.shape[1]):
-        m = obs[use, j]
-        c = cid[m]
-        n = np.bincount(c)
-        e, v = (a - (np.bincount(c, a) / np.maximum(n, 1))[c] for a in (E0[use][m], y[use][m, j]))
-        if m.sum() >= 100 and e @ e > 0:
-            slope[j] = (e @ v) / (e @ e)
-    R = np.concatenate([[slope[0]], slope[0] + slope[1:]])
-    bad = ~np.isfinite(R)
-    if bad.all() or bad[0]:
-        raise ValueError(f"{cat.name}: the reddening priors of the stars with a parallax-based y₁ do not vary within "
-                         "cells of θ; cannot estimate the extinction vector to start from")
-    R[bad] = np.interp(np.flatnonzero(bad), np.flatnonzero(~bad), R[~bad])  # (bands seen by < 100 such stars)
-    return np.maximum(R, floor)
-
-
 def _initial_state(cat: Catalog, cfg: TrainConfig, init: StellarModel | None, split, usable) -> TrainState:
     if init is not None:
         if init.bands.keys != cat.bands.keys:
@@ -424,9 +370,6 @@ def _initial_state(cat: Catalog, cfg: TrainConfig, init: StellarModel | None, sp
         params = network.init_params(jax.random.PRNGKey(cfg.seed), len(cat.bands), cfg.n_hidden)
         if cfg.init_output_bias:
             params["BM"]["bias"] = jnp.asarray(_median_target(cat, usable & (split == schedule.TRAIN)), jnp.float32)
-        if cfg.init_extinction == "regression":
-            R0 = regression_extinction(cat, usable & (split == schedule.TRAIN))
-            params["R"] = {"kernel": jnp.zeros_like(params["R"]["kernel"]), "bias": jnp.asarray(np.log(R0), jnp.float32)}
     opt_state = make_optimizer(cfg.learning_rate).init(params)
     sigma_E0 = np.nan_to_num(cat.sigma_E0, nan=np.inf)
     included = usable & (sigma_E0 <= cfg.max_sigma_E0_first)
