@@ -3,7 +3,10 @@ compare the recovered A·M(θ), R(θ) and per-star reddenings with the truth.
 
 Usage::
 
-    python benchmarks/truth_recovery.py --n 200000 --seed 1          # the must-show run (~10 min)
+    python benchmarks/truth_recovery.py --n 200000 --seed 1          # the must-show mock, the paper's recipe (~3 min)
+    python benchmarks/truth_recovery.py --n 200000 --seed 1 --parallax-residual parallax --scale-step \
+        --config '{"latent_theta": "marginal", "gn_steps": 5, "distance_prior": "bayestar", "l2_hidden": 1e-5,
+                   "l1_extinction": 1e-3}'     # the best measured (~21 min; docs/benchmarks.md, session 10)
     python benchmarks/truth_recovery.py --n 20000 --iterations 4 --epochs 5   # quick look
     python benchmarks/truth_recovery.py --parallax-residual parallax --scale-step --epochs 75  # options
     python benchmarks/truth_recovery.py --mock-cache /tmp/mock200k_s1.parquet --parallax-residual parallax \
