@@ -37,12 +37,12 @@ def captured(cat, cfg, truth, measured=False, ideal_parallax=False, prior_from_t
     """The arguments of the training loop's ``call``-th ``gauss_newton_steps`` call (z, ŷ, W, z̃, Λ_x, 1/σ²_E₀,
     keywords) and the population prior then (None without one), from ``train(..., init=truth)`` (the calls
     themselves skipped; ``cfg.iterations`` must be ≥ call + 1).  The first call's y₁ is linearized about the
-    distances of the measured θ̂, the later calls' about those of the previous joint fit (as in most of training).  With
-    ``measured``, z̃ and Λ_x are the θ measurement's alone (not combined with the population prior).  With ``ideal_parallax`` the parallax
-    residual's pseudo-observation μ̃ is replaced by μ_true + σ_μ̃ ε (an exactly linear, unbiased observation of the
-    true distance modulus with the same error; ε seeded; ``ideal_parallax="true"``: that error evaluated at the true μ
-instead of μ_lin, so that it does not depend on the star's photometric and θ noise); with ``prior_from_truth`` the population mixture is fitted
-    to the members' true θ instead of deconvolved from θ̂."""
+    distances of the measured θ̂, the later calls' about those of the previous joint fit (as in most of training).
+    With ``measured``, z̃ and Λ_x are the θ measurement's alone (not combined with the population prior).  With
+    ``ideal_parallax`` the parallax residual's pseudo-observation μ̃ is replaced by μ_true + σ_μ̃ ε (an exactly
+    linear, unbiased observation of the true distance modulus with the same error; ε seeded; ``"true"``: that error
+    evaluated at the true μ instead of μ_lin, so that it does not depend on the star's photometric and θ noise);
+    with ``prior_from_truth`` the population mixture is fitted to the members' true θ instead of deconvolved from θ̂."""
     from photoinfer.train import gauss_newton, loop, parallax, profile, train
     box = {}
     real = (gauss_newton.gauss_newton_steps, profile.with_population_prior, loop._population_prior,
@@ -90,7 +90,7 @@ instead of μ_lin, so that it does not depend on the star's photometric and θ n
 
 def from_truth(mock_cache, n, config, seed=1, **options):
     """(truth, the mock's first ``n`` stars, the TrainConfig, :func:`captured`'s two results) for ``config`` (a dict of
-    TrainConfig fields over the truth-recovery defaults; two iterations of one epoch, started at the truth)."""
+    TrainConfig fields over the truth-recovery defaults; 1 + ``call`` iterations of one epoch, started at the truth)."""
     import truth_recovery as tr
 
     from photoinfer.io.catalogs import read_catalog
@@ -99,8 +99,8 @@ def from_truth(mock_cache, n, config, seed=1, **options):
     truth = load_model(tr.SHARED / "green2020_nn_model.h5")
     cat = read_catalog(mock_cache)
     cat = cat.subset(np.arange(n)) if len(cat) > n else cat
-    cfg = TrainConfig(**{"parallax_residual": "parallax", "scale_step": True, **config, "iterations": 1 + options.get("call", 1), "epochs": 1,
-                         "seed": seed})
+    cfg = TrainConfig(**{"parallax_residual": "parallax", "scale_step": True, **config,
+                         "iterations": 1 + options.get("call", 1), "epochs": 1, "seed": seed})
     return (truth, cat, cfg) + captured(cat, cfg, truth, **options)
 
 

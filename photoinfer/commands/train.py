@@ -38,8 +38,9 @@ objective by plain alternation.
 after each iteration's epochs (with --latent-theta profile or marginal): the best from-scratch
 recovery measured (docs/benchmarks.md).
 --regularization S scales the paper's weight penalties; the loss weighs them per star, so they pull as
-hard on 10^6 stars as on 10^4.  Lower them only with --gn-steps (Adam alone then leaves R unconverged).  On two 200,000-star mocks, from scratch, the last example recovered M_G to
-0.027 and 0.023 mag and every colour to 0.004 mag (0.056 and 0.009 mag with S = 1; docs/benchmarks.md).
+hard on 10^6 stars as on 10^4.  Lower them only with --gn-steps (Adam alone then leaves R unconverged).
+On two 200,000-star mocks, from scratch, the last example recovered M_G to 0.027 and 0.023 mag and
+every colour to 0.004 mag (0.056 and 0.009 mag with S = 1; docs/benchmarks.md).
 --polish-steps N adds N full-batch L-BFGS steps after the epochs of the last
 --polish-iterations iterations (not with --latent-theta profile or marginal).
 
@@ -93,9 +94,7 @@ def add_arguments(p) -> None:
                         "default 0: none; see docs/training.md)")
     p.add_argument("--regularization", type=float, default=1.0, metavar="S",
                    help="multiply the paper's regularization (L2 1e-4 on the hidden kernels, L1 1e-2 on the extinction "
-                        "kernel) by S (default 1: the paper's).  The loss weighs it per star, like the data, so with "
-                        "more stars it does not fade: on a 200,000-star mock S = 0.1 recovered M_G to 0.029 mag "
-                        "against 0.050 with S = 1 (docs/benchmarks.md)")
+                        "kernel) by S (default 1: the paper's; with --gn-steps on 10^5 stars or more, 0.1: see above)")
     p.add_argument("--polish-steps", type=int, default=0, metavar="N",
                    help="full-batch L-BFGS steps after the epochs of each of the last --polish-iterations "
                         "iterations (default 0: none; not with --latent-theta profile or marginal)")
@@ -139,8 +138,8 @@ def run(args) -> int:
                          theta_denoise=args.theta_denoise,
                          scale_step=args.scale_step, latent_theta=args.latent_theta,
                          polish_steps=args.polish_steps, polish_iterations=args.polish_iterations,
-                         gn_steps=args.gn_steps, l2_hidden=1e-4 * args.regularization,
-                         l1_extinction=1e-2 * args.regularization)
+                         gn_steps=args.gn_steps, l2_hidden=TrainConfig.l2_hidden * args.regularization,
+                         l1_extinction=TrainConfig.l1_extinction * args.regularization)
     init = load_model(args.init) if args.init else None
     fingerprint = catalog_fingerprint(cat)
     ckdir = checkpoint_dir(out)
