@@ -273,3 +273,38 @@ def test_gauss_newton_with_log_det_descends_the_marginal_objective(released_mode
     g1 = np.concatenate([np.ravel(a) for a in grad(w_ls, jnp.asarray(z_ls))])
     g2 = np.concatenate([np.ravel(a) for a in grad(w2, jnp.asarray(z2))])
     assert np.linalg.norm(g2) < np.linalg.norm(g1) / 10, (np.linalg.norm(g1), np.linalg.norm(g2))
+
+
+@pytest.mark.parametrize("prior", [None, "bayestar"])
+def test_log_det_with_the_parallax_weight_at_the_current_mu(released_model, tiny, prior):
+    """Eq. P3: ln det H with the parallax's weight moved from μ_lin to the star's current μ = m̂_G − f₁ equals ln det H
+    computed from a whitening factor rebuilt with σ_μ̃ at that μ (the distance prior's curvature kept at μ_lin), for
+    stars whose latent sits 0.3 mag brighter or fainter than the linearization; and it is 0 at μ = μ_lin."""
+    from photoinfer.likelihood import LN10
+    from photoinfer.train.gauss_newton import _model, log_det_h
+    from photoinfer.train.latent import photometric_whitening
+    from photoinfer.train.parallax import ParallaxInputs, linearized_data, weight_terms
+    d, keep, x_hat, lam, E0, ivar, z, _ = _gn_setup(released_model, tiny, n=60)
+    cat = tiny.subset(keep)
+    px = ParallaxInputs(cat)
+    p = released_model.params
+    f1 = np.asarray(jax.vmap(lambda zz: _model(p, zz)[0])(z), np.float64)
+    rng = np.random.default_rng(seed())
+    for shift in (0.0, 0.3, -0.3):
+        mu_lin = px.mag_ref - f1 + shift + 0.05 * rng.normal(size=len(f1)) * (shift != 0)  # μ − μ_lin ≈ −shift
+        lin = linearized_data(d, px, mu_lin, prior)
+        terms = weight_terms(lin, px, mu_lin)
+        assert (terms[:, 1] > 0).sum() >= 50
+        W = jax.vmap(photometric_whitening)(lin)
+        live = jax.vmap(lambda *a: log_det_h(p, *a))(z, W, lam, ivar, jnp.asarray(terms))
+        frozen = jax.vmap(lambda *a: log_det_h(p, *a))(z, W, lam, ivar)
+        mu = px.mag_ref - f1
+        sig = (5 / LN10) * px.parallax_err / 10 ** (2 - mu / 5)
+        s_mu = np.sqrt(1 / (1 / sig ** 2 + terms[:, 2]))
+        rebuilt = lin._replace(sigma_mu=jnp.asarray(np.where(terms[:, 1] > 0, s_mu, lin.sigma_mu), jnp.float32))
+        direct = jax.vmap(lambda *a: log_det_h(p, *a))(z, jax.vmap(photometric_whitening)(rebuilt), lam, ivar)
+        np.testing.assert_allclose(np.asarray(live), np.asarray(direct), atol=2e-3)
+        if shift == 0.0:
+            np.testing.assert_allclose(np.asarray(live), np.asarray(frozen), atol=2e-3)
+        else:  # the correction is not negligible where the parallax carries weight
+            assert np.max(np.abs(np.asarray(live) - np.asarray(frozen))) > 0.05

@@ -463,6 +463,15 @@ def train(cat: Catalog, config: TrainConfig = TrainConfig(), *, init: StellarMod
         if state.mu_lin is not None:
             data = linearized_data(data, px, state.mu_lin, dist_prior)
     mu_lin = state.mu_lin
+    live_weight = px is not None and cfg.latent_theta == "marginal"  # Eq. P3 of parallax.py
+
+    def weights_at(mu):
+        """Eq. P3's per-star terms (zeros: no parallax weight at the current μ)."""
+        if not live_weight or mu is None:
+            return jnp.zeros((n, 3), jnp.float32)
+        from .parallax import weight_terms
+        return jnp.asarray(weight_terms(data, px, mu))
+    plx_dev = weights_at(mu_lin)
     med32, std32 = jnp.asarray(state.theta_med, jnp.float32), jnp.asarray(state.theta_std, jnp.float32)
     theta_fit = state.theta_fit
 
@@ -523,7 +532,7 @@ def train(cat: Catalog, config: TrainConfig = TrainConfig(), *, init: StellarMod
         E_dev = jnp.asarray(E, jnp.float32)
         y_all = data.y_hat
         if profiled and theta_fit is not None:
-            (epoch_fn, eval_fn), loss_fn, aux = profile_fns, pl, profile_arrays
+            (epoch_fn, eval_fn), loss_fn, aux = profile_fns, pl, (*profile_arrays, plx_dev)
         else:
             (epoch_fn, eval_fn), loss_fn, aux = plain_fns, None, ()
         train_idx = train_pool[included[train_pool]]
@@ -570,12 +579,12 @@ def train(cat: Catalog, config: TrainConfig = TrainConfig(), *, init: StellarMod
             tg = time.perf_counter()
             tj = jnp.asarray(train_idx, jnp.int32)
             z = jnp.concatenate([x_all[tj], E_dev[tj][:, None]], axis=1)
-            xt, Lt, E0a, iva = (a[tj] for a in aux)
+            xt, Lt, E0a, iva, pla = (a[tj] for a in aux)
             params, z_new, gh = gauss_newton_steps(
                 params, z, y_all[tj], W_dev[tj], jnp.concatenate([xt, E0a[:, None]], axis=1), Lt, iva,
                 n_bands=B, l2=cfg.l2_hidden, l1=cfg.l1_extinction, n_steps=cfg.gn_steps,
                 n_curvature=cfg.gn_curvature, seed=cfg.seed * 1000 + k, log_det=cfg.latent_theta == "marginal",
-                normalizer=z_norm)
+                normalizer=z_norm, plx=pla)
             theta_fit = np.array(theta_fit)
             theta_fit[train_idx] = np.asarray(state.theta_med) + np.asarray(state.theta_std) * np.asarray(z_new[:, :3], np.float64)
             E = np.array(E, np.float32)
@@ -613,6 +622,7 @@ def train(cat: Catalog, config: TrainConfig = TrainConfig(), *, init: StellarMod
             mu_lin = model_distance_modulus(params, med32, std32, px.mag_ref,
                                             np.asarray(data.theta if theta_fit is None else theta_fit), E_start)
             data = linearized_data(data, px, mu_lin, dist_prior)
+            plx_dev = weights_at(mu_lin)
         if cfg.latent_theta != "none":
             from .latent import joint_fit_all
             theta_fit, E_new, var_new, W_host, red, _ = joint_fit_all(params, med32, std32, data, theta_fit, E_start,

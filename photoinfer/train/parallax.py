@@ -65,7 +65,8 @@ from ..likelihood import LN10, StarData
 from ..model import network
 
 __all__ = ["RESIDUALS", "pseudo_distance_modulus", "model_distance_modulus", "ParallaxInputs", "linearized_data",
-           "distance_prior_terms", "with_distance_prior", "Normalizer", "reference_band", "log_normalizer", "normalizer_surrogate"]
+           "distance_prior_terms", "with_distance_prior", "Normalizer", "reference_band", "log_normalizer", "normalizer_surrogate",
+           "weight_terms", "log_det_weight_change"]
 
 #: Values of ``TrainConfig.parallax_residual``.
 RESIDUALS = ("magnitude", "parallax")
@@ -229,6 +230,50 @@ def normalizer_surrogate(params, norm: Normalizer, batch_size: int = 4096):
         gc, gd = _normalizer_slopes(MG, RG, *(a[s:s + batch_size] for a in arrs), norm.galactic)
         c, d = c + gc, d + gd
     return c, d, MG, RG
+
+
+def weight_terms(data: StarData, px: ParallaxInputs, mu_lin) -> np.ndarray:
+    """What :func:`log_det_weight_change` needs of each star (Eq. P3), (N, 3) float32: c = m̂_G − μ_lin (the
+    network's y₁ at the linearization), σ_μ̃ at μ_lin, and the distance prior's curvature a (0 without one); all
+    0 where ``data`` (of :func:`linearized_data`) has no y₁ (then the weight is left as it is)."""
+    _, sig = pseudo_distance_modulus(px.parallax, px.parallax_err, mu_lin)
+    obs1 = np.asarray(data.y_obs)[:, 0] & (np.asarray(data.sigma_mu) > 0)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        a = np.maximum(1.0 / np.asarray(data.sigma_mu, np.float64) ** 2 - 1.0 / sig ** 2, 0.0)
+        out = np.column_stack([px.mag_ref - np.asarray(mu_lin, np.float64), sig, a])
+    ok = obs1 & np.isfinite(out).all(axis=1) & (sig > 0)
+    return np.where(ok[:, None], out, 0.0).astype(np.float32)
+
+
+def log_det_weight_change(f1, Jz, v, solve, terms):
+    """ln det H(s(μ)) − ln det H(s_lin): the Laplace term of a star with its parallax weight at its current μ (Eq. P3).
+
+    The pseudo-observation's variance σ_μ̃² = (K σ_ϖ/ϖ)² is fixed at μ_lin in C_y (so in W), which gives the
+    exact parallax likelihood's value and slope at μ_lin; but the width of the likelihood in μ grows with distance,
+    and the Laplace term ln det H of the marginal estimator has that width at the star's *current* μ = m̂_G − f₁
+    (f₁ = M_G + E R_G at its latent θ, E): frozen, −2 ln of the marginal misses +(2/K)·f·M_G (f the parallax's
+    share of the precision along μ), which biases M_G faint by ≈ f σ_μ̃²/K.  With s = (σ_μ̃(μ)⁻² + a)⁻¹ the y₁
+    variance, σ_μ̃(μ) = σ_μ̃(μ_lin)·10^((μ − μ_lin)/5), Δ = 1.001 (s − s_lin) (the released stabilization scales the
+    diagonal of C_y by 1.001), C_y(s)⁻¹ = Q − Δ Qe₁e₁ᵀQ/(1 + Δ q₁₁) (Sherman–Morrison, Q = WᵀW), and by the matrix
+    determinant lemma
+
+        ln det H(s) − ln det H(s_lin) = ln(1 − Δ uᵀH⁻¹u/(1 + Δ vᵀv)),   v = W e₁,  u = J_zᵀ v     (Eq. P3)
+
+    (the distance prior's curvature a stays at μ_lin; μ − μ_lin is clipped to ±5 mag).
+
+    Parameters
+    ----------
+    f1 : () the network's y₁ at the latent; Jz : (B, 4) W ∂f/∂z; v : (B,) W e₁; solve : u ↦ H⁻¹u
+    terms : (3,) a row of :func:`weight_terms`
+    """
+    c, sig_lin, a = terms[0], terms[1], terms[2]
+    has = sig_lin > 0
+    sl = jnp.where(has, sig_lin, 1.0)
+    sig = sl * 10.0 ** (jnp.clip(c - f1, -5.0, 5.0) / 5.0)
+    d = 1.001 * (1.0 / (1.0 / sig ** 2 + a) - 1.0 / (1.0 / sl ** 2 + a))
+    u = Jz.T @ v
+    k = d / (1.0 + d * (v @ v))
+    return jnp.where(has, jnp.log1p(-k * (u @ solve(u))), 0.0)
 
 
 def _with_y1(data: StarData, y1, sigma_mu, obs1) -> StarData:

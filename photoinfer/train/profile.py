@@ -33,7 +33,7 @@ __all__ = ["star_profile_loss", "profile_batch_loss", "standardized_measurement"
            "with_population_prior"]
 
 
-def star_profile_loss(params, x_star, E_star, x_hat, Lam_x, E0, ivar_E0, y, W, log_det: bool = False):
+def star_profile_loss(params, x_star, E_star, x_hat, Lam_x, E0, ivar_E0, y, W, log_det: bool = False, plx=None):
     """One star's profiled loss (module docstring); with ``log_det``, plus ln det H: the Laplace
     approximation of −2 ln ∫ L dθ dE (the marginal likelihood, θ and E integrated instead of profiled).
 
@@ -44,6 +44,8 @@ def star_profile_loss(params, x_star, E_star, x_hat, Lam_x, E0, ivar_E0, y, W, l
         prior: x̃ and Λ̃ of :func:`~photoinfer.train.population.combine_with_measurement`)
     E0, ivar_E0 : () reddening prior mean and 1/σ²_E₀
     y : (B,) ŷ; W : (B, B) photometric whitening factor
+    plx : (3,), optional, with ``log_det``: the star's row of :func:`~photoinfer.train.parallax.weight_terms`, the
+        parallax's weight in ln det H at the star's current μ (Eq. P3)
 
     Returns
     -------
@@ -66,21 +68,26 @@ def star_profile_loss(params, x_star, E_star, x_hat, Lam_x, E0, ivar_E0, y, W, l
     loss = chi2 + d @ Lam @ d - g @ la.cho_solve(L, g)
     if log_det:
         loss = loss + 2.0 * jnp.sum(jnp.log(jnp.diag(L)))
+        if plx is not None:
+            from .parallax import log_det_weight_change
+            loss = loss + log_det_weight_change(ym[0], WJ, W[:, 0], lambda u: la.cho_solve(L, u), plx)
     return loss, chi2
 
 
-def profile_batch_loss(params, x, E, y, W, w, x_hat, Lam_x, E0, ivar_E0, n_bands: int, l2: float, l1: float,
+def profile_batch_loss(params, x, E, y, W, w, x_hat, Lam_x, E0, ivar_E0, plx, n_bands: int, l2: float, l1: float,
                        surrogate=(), log_det: bool = False):
     """Σ w loss_i/B / Σ w + regularization over a batch (as :func:`~photoinfer.train.loop.batch_loss`).
 
-    x, E : the fitted (θ*, E*) (standardized θ); the rest per star as :func:`star_profile_loss`.
+    x, E : the fitted (θ*, E*) (standardized θ); plx (n, 3): :func:`~photoinfer.train.parallax.weight_terms` (zeros:
+    the weights as in W); the rest per star as :func:`star_profile_loss`.
     surrogate : () or (xs (K, 3), c (K,), d (K,), M0 (K,), R0 (K,), scale): the first-order expansion of the
         training stars' Σ 2 ln Z_i (Eq. P2 of :mod:`photoinfer.train.parallax`) in the network's M_G and R_G
         at the population draws xs, scale · Σ_k c_k (M_G(x_k) − M0_k) + d_k (R_G(x_k) − R0_k), added whole to
         every batch's loss (it is a sum over all the stars, already divided by their number × B in scale).
     Returns (loss, data) with data the batch mean of loss_i/B.
     """
-    li, _ = jax.vmap(lambda *a: star_profile_loss(params, *a, log_det=log_det))(x, E, x_hat, Lam_x, E0, ivar_E0, y, W)
+    li, _ = jax.vmap(lambda *a: star_profile_loss(params, *a[:-1], log_det=log_det, plx=a[-1]))(
+        x, E, x_hat, Lam_x, E0, ivar_E0, y, W, plx)
     li = jnp.where(w > 0, li, 0.0)
     data = jnp.sum(w * li) / jnp.maximum(jnp.sum(w), 1.0) / n_bands
     loss = data + network.regularization(params, l2, l1)
