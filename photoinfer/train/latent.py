@@ -50,7 +50,7 @@ def photometric_whitening(s: lik.StarData):
 
 
 def star_joint_fit(params, theta_med, theta_std, s: lik.StarData, theta, E, n_steps: int = 5, damping: float = 1e-3,
-                   prior=None):
+                   prior=None, s_cut: lik.StarData | None = None):
     """Minimize one star's term of the joint objective (module docstring) over (θ, E) at a fixed network.
 
     Levenberg–Marquardt in standardized θ: ``n_steps`` steps from (θ, E), each accepted only if it
@@ -63,6 +63,9 @@ def star_joint_fit(params, theta_med, theta_std, s: lik.StarData, theta, E, n_st
     prior : PopulationPrior, optional
         The population density of standardized θ (:mod:`photoinfer.train.population`): −2 ln p(x) is
         added to the objective, in the steps through its quadratic majorizer (Eq. X3).
+    s_cut : StarData, optional
+        The same star with the y₁ the cut χ² is to see (with a distance prior: the parallax's pseudo-observation
+        alone; the prior's expansion is no misfit of the data); default ``s``.
 
     Returns
     -------
@@ -104,14 +107,19 @@ def star_joint_fit(params, theta_med, theta_std, s: lik.StarData, theta, E, n_st
     var_E = la.inv_spd(normal_equations(z)[0])[3, 3]
     r = resid(z)
     n_y = s.y_hat.shape[-1]
+    if s_cut is not None:
+        x, e = z[:3], z[3]
+        ym = network.colour_basis_absolute(params, x) + e * network.to_colour_basis(network.extinction_vector(params, x))
+        r = jnp.concatenate([photometric_whitening(s_cut) @ ((s_cut.y_hat - ym) * s_cut.y_obs), r[n_y:]])
     chi2 = r[:n_y + 3] @ r[:n_y + 3]
     return theta_med + theta_std * z[:3], z[3], var_E, W, chi2, jnp.sum(s.y_obs)
 
 
 def _joint_batch(n_steps):
     @jax.jit
-    def run(params, med, std, s, theta, E, prior):
-        return jax.vmap(lambda si, t, e: star_joint_fit(params, med, std, si, t, e, n_steps, prior=prior))(s, theta, E)
+    def run(params, med, std, s, theta, E, prior, s_cut):
+        return jax.vmap(lambda si, t, e, sc: star_joint_fit(params, med, std, si, t, e, n_steps, prior=prior, s_cut=sc),
+                        in_axes=(0, 0, 0, None if s_cut is None else 0))(s, theta, E, s_cut)
     return run
 
 
@@ -119,9 +127,9 @@ _BATCH = {}
 
 
 def joint_fit_all(params, theta_med, theta_std, data: lik.StarData, theta, E, n_steps: int = 5,
-                  batch_size: int = 8192, prior=None):
+                  batch_size: int = 8192, prior=None, cut_data: lik.StarData | None = None):
     """:func:`star_joint_fit` for every star, warm-started at (``theta``, ``E``), with the population ``prior``
-    of θ if given.
+    of θ if given, the reduced χ² from ``cut_data`` if given (``s_cut``).
 
     Returns
     -------
@@ -129,10 +137,10 @@ def joint_fit_all(params, theta_med, theta_std, data: lik.StarData, theta, E, n_
     reduced_chi2 : (N,) float64 (cut χ²/(n_obs − 1), NaN where undefined); n_obs : (N,) int
     """
     fn = _BATCH.setdefault(n_steps, _joint_batch(n_steps))
+    arrays = (data, jnp.asarray(np.nan_to_num(theta), jnp.float32), jnp.asarray(np.nan_to_num(E), jnp.float32))
     th, E, var, W, c2, n_obs = map_batched(
-        lambda a: fn(params, theta_med, theta_std, *a, prior),
-        (data, jnp.asarray(np.nan_to_num(theta), jnp.float32), jnp.asarray(np.nan_to_num(E), jnp.float32)),
-        batch_size)
+        lambda a: fn(params, theta_med, theta_std, *a[:3], prior, a[3] if cut_data is not None else None),
+        arrays + ((cut_data,) if cut_data is not None else ()), batch_size)
     with np.errstate(invalid="ignore", divide="ignore"):
         red = np.where(n_obs > 1, c2.astype(np.float64) / (n_obs - 1), np.nan)
     return (np.asarray(th, np.float64), np.asarray(E, np.float32), np.asarray(var, np.float32),

@@ -472,6 +472,12 @@ def train(cat: Catalog, config: TrainConfig = TrainConfig(), *, init: StellarMod
         from .parallax import weight_terms
         return jnp.asarray(weight_terms(data, px, mu))
     plx_dev = weights_at(mu_lin)
+
+    def cut_data():
+        """What the outlier cut's χ² sees: with a distance prior, y₁ = the parallax's pseudo-observation alone (the
+        prior's expansion, Eq. P1, is no misfit: with a vanishing curvature its pseudo-observation lies σ_μ̃²|g|/2
+        away, hundreds of mag for a star whose σ_μ̃ is tens of mag); otherwise the training data itself (None)."""
+        return None if dist_prior is None or mu_lin is None else linearized_data(data, px, mu_lin, None)
     med32, std32 = jnp.asarray(state.theta_med, jnp.float32), jnp.asarray(state.theta_std, jnp.float32)
     theta_fit = state.theta_fit
 
@@ -623,10 +629,17 @@ def train(cat: Catalog, config: TrainConfig = TrainConfig(), *, init: StellarMod
                                             np.asarray(data.theta if theta_fit is None else theta_fit), E_start)
             data = linearized_data(data, px, mu_lin, dist_prior)
             plx_dev = weights_at(mu_lin)
+
+    def cut_data():
+        """What the outlier cut's χ² sees: with a distance prior, y₁ = the parallax's pseudo-observation alone (the
+        prior's expansion, Eq. P1, is no misfit: with a vanishing curvature its pseudo-observation lies σ_μ̃²|g|/2
+        away, hundreds of mag for a star whose σ_μ̃ is tens of mag); otherwise the training data itself (None)."""
+        return None if dist_prior is None or mu_lin is None else linearized_data(data, px, mu_lin, None)
         if cfg.latent_theta != "none":
             from .latent import joint_fit_all
             theta_fit, E_new, var_new, W_host, red, _ = joint_fit_all(params, med32, std32, data, theta_fit, E_start,
-                                                                      cfg.latent_steps, cfg.rebuild_batch_size, prior)
+                                                                      cfg.latent_steps, cfg.rebuild_batch_size, prior,
+                                                                      cut_data())
             x_all = standardized(theta_fit)
             if profiled and prior is not None:
                 profile_arrays = with_population_prior(measured_arrays, prior, x_all)
@@ -662,7 +675,7 @@ def train(cat: Catalog, config: TrainConfig = TrainConfig(), *, init: StellarMod
     if not np.isfinite(red).any():  # nothing trained in this call (resumed a finished run): recompute
         if theta_fit is not None:
             from .latent import joint_fit_all
-            red = joint_fit_all(params, med32, std32, data, theta_fit, E, 0, cfg.rebuild_batch_size, prior)[4]
+            red = joint_fit_all(params, med32, std32, data, theta_fit, E, 0, cfg.rebuild_batch_size, prior, cut_data())[4]
         else:
             _, _, _, red, _ = rebuild_all(params, med32, std32, data, cfg.rebuild_batch_size)
     timings = {"total_seconds": time.perf_counter() - t_start,
