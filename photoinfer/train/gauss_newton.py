@@ -29,7 +29,8 @@ H_i = J_ziᵀJ_zi + Λ_i (θ_i and E_i integrated instead of profiled; without i
 alone biases M_G: measured 0.148 mag from the truth).  D is not a sum of squares: its gradient enters
 the right-hand sides (b_i → b_i − ½∇_z D_i, g → g − ½∇_w Σ D_i) while its curvature is left out of the
 Gauss–Newton matrix — a preconditioned gradient step on the small term, still accepted only if the whole
-F falls (Eq. GN2).  With a distance prior, F has Σ_i 2 ln Z_i(w) too (Eq. P2 of
+F falls (Eq. GN2); H_i has the parallax's weight at the star's current μ (``plx``: Eq. P3 of
+:mod:`photoinfer.train.parallax`).  With a distance prior, F has Σ_i 2 ln Z_i(w) too (Eq. P2 of
 :mod:`photoinfer.train.parallax`, ``normalizer``), which depends on the network alone: its gradient joins
 g the same way.
 """

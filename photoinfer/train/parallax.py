@@ -51,6 +51,10 @@ and −2 ln of the likelihood conditional on m̂_G (on which the selection of th
 +2 ln Z_i: without it every network that makes the stars more luminous (farther, more volume) scores
 better (measured: M_G 0.06 mag too bright, started at the truth).  Z_i is estimated with K fixed draws of
 the population mixture p(θ) and 3-point Gauss–Hermite in E (:func:`log_normalizer`).
+
+**The weight in the Laplace term** (``latent_theta="marginal"``).  σ_μ̃ is fixed at μ_lin in W, but the marginal
+estimator's ln det H needs the parallax's weight at each star's current μ: :func:`log_det_weight_change` (Eq. P3),
+from the per-star :func:`weight_terms`.
 """
 from __future__ import annotations
 
