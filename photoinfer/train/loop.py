@@ -629,12 +629,6 @@ def train(cat: Catalog, config: TrainConfig = TrainConfig(), *, init: StellarMod
                                             np.asarray(data.theta if theta_fit is None else theta_fit), E_start)
             data = linearized_data(data, px, mu_lin, dist_prior)
             plx_dev = weights_at(mu_lin)
-
-    def cut_data():
-        """What the outlier cut's χ² sees: with a distance prior, y₁ = the parallax's pseudo-observation alone (the
-        prior's expansion, Eq. P1, is no misfit: with a vanishing curvature its pseudo-observation lies σ_μ̃²|g|/2
-        away, hundreds of mag for a star whose σ_μ̃ is tens of mag); otherwise the training data itself (None)."""
-        return None if dist_prior is None or mu_lin is None else linearized_data(data, px, mu_lin, None)
         if cfg.latent_theta != "none":
             from .latent import joint_fit_all
             theta_fit, E_new, var_new, W_host, red, _ = joint_fit_all(params, med32, std32, data, theta_fit, E_start,
