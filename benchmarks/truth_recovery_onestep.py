@@ -23,7 +23,8 @@ Objectives (per star; φ(x, E) = ‖W(ŷ − A M(x) − E A R(x))‖² + (x − 
 - ``profile``: min over (x, E) of φ (``latent_theta="profile"``; the profiled loss of photoinfer/train/profile.py
   about the mode);
 - ``laplace``: min over (x, E) of φ − 2 ln p(x) + ln det(J_zᵀJ_z + Λ), the population prior p (Eq. X0, fitted
-  by the training loop) in Λ through its majorizer (Eq. X3): the objective of ``latent_theta="marginal"``;
+  by the training loop) in Λ through its majorizer (Eq. X3): the objective of ``latent_theta="marginal"`` before
+  session 11 (the parallax's weight in ln det frozen at μ_lin; training now takes it at the current μ, Eq. P3);
 - ``gh<n>``: the marginal −2 ln ∫∫ e^{−φ/2} p(x) dE dx itself, E in closed form (the model is linear in E) and x
   by an n³-node Gauss–Hermite rule on the axes of the Gauss–Newton Laplace posterior of x (n = 1: Laplace).
 
