@@ -57,6 +57,17 @@ def released_h5(green2020_dir) -> Path:
     return RELEASED_MODEL
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _free_compiled_code():
+    """Drop JAX's compiled executables after each test module (``jax.clear_caches``; later modules reload theirs from
+    the persistent cache).  The whole suite in one process compiles thousands of executables, each with its own
+    memory maps: ~200 tests in, XLA crashed compiling or serializing (segfault, abort) at the first test past the
+    kernel's limit on maps per process (``vm.max_map_count`` 65,530 here)."""
+    yield
+    import jax
+    jax.clear_caches()
+
+
 def pytest_configure(config):
     """A persistent JAX compilation cache for this session, its subprocesses and Dask workers.
 

@@ -333,17 +333,9 @@ def test_outlier_cut_chi2_leaves_out_the_distance_prior(released_model, tiny):
     mu_lin = model_distance_modulus(m.params, med, std, px.mag_ref, th, cat.extra["true_E"])
     d = star_data(cat)
     with_prior = linearized_data(d, px, mu_lin, "bayestar")
-    # (In the full suite, ~200 tests into one process, writing this executable to the persistent compilation cache
-    # segfaulted inside jaxlib 0.10.2's serializer, twice; alone, or after the training tests only, it does not.
-    # Compiled code is the same either way: no cache write here.)
-    min_time = jax.config.jax_persistent_cache_min_compile_time_secs
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1e9)
-    try:
-        red_prior = joint_fit_all(m.params, med, std, with_prior, th, cat.extra["true_E"], 10)[4]
-        red_cut = joint_fit_all(m.params, med, std, with_prior, th, cat.extra["true_E"], 10,
-                                cut_data=linearized_data(d, px, mu_lin))[4]
-    finally:
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", min_time)
+    red_prior = joint_fit_all(m.params, med, std, with_prior, th, cat.extra["true_E"], 10)[4]
+    red_cut = joint_fit_all(m.params, med, std, with_prior, th, cat.extra["true_E"], 10,
+                            cut_data=linearized_data(d, px, mu_lin))[4]
     assert np.isfinite(red_cut).mean() > 0.95
     assert np.mean(~(red_prior <= 5)) > 0.1  # the artifact (measured 20 %): without the cut's own y₁ these stars are cut
     assert np.nanquantile(red_cut, 0.99) <= 5 and 0.5 <= np.nanmedian(red_cut) <= 1.5, np.nanquantile(red_cut, [0.5, 0.99])
