@@ -40,7 +40,8 @@ recovery measured (docs/benchmarks.md).
 --regularization S scales the paper's weight penalties; the loss weighs them per star, so they pull as
 hard on 10^6 stars as on 10^4.  Lower them only with --gn-steps (Adam alone then leaves R unconverged).
 On two 200,000-star mocks, from scratch, the last example recovered M_G to 0.027 and 0.023 mag and
-every colour to 0.004 mag (0.056 and 0.009 mag with S = 1; docs/benchmarks.md).
+every colour to 0.004 mag (0.056 and 0.009 mag with S = 1); with this version's parallax weight and
+outlier cut, 0.026 on the first (docs/benchmarks.md, session 11).
 --polish-steps N adds N full-batch L-BFGS steps after the epochs of the last
 --polish-iterations iterations (not with --latent-theta profile or marginal).
 
