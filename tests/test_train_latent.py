@@ -316,8 +316,6 @@ def test_outlier_cut_chi2_leaves_out_the_distance_prior(released_model, tiny):
     a reduced χ² in the hundreds (measured: 3.9 % of a 200k mock's stars cut for it, the truth model included).  The
     cut's χ² (``cut_data``: the parallax's pseudo-observation alone) of the truth model's joint fit stays a χ² of
     well-fitted data: ≤ 5 for 99 % of such stars (measured 2.2), median within 0.5–1.5 (0.86)."""
-    import jax.numpy as jnp
-
     from photoinfer.train.latent import joint_fit_all
     from photoinfer.train.parallax import ParallaxInputs, linearized_data, model_distance_modulus
     keep = np.flatnonzero(tiny.usable(TRAINING_UNUSABLE))

@@ -74,11 +74,14 @@ def star_joint_fit(params, theta_med, theta_std, s: lik.StarData, theta, E, n_st
     W = photometric_whitening(s)
     Lt = la.inverse_lower(la.cholesky(s.theta_cov))  # C_θ⁻¹ = Ltᵀ Lt
 
-    def resid(z):
+    def model_y(z):
         x, e = z[:3], z[3]
-        th = theta_med + theta_std * x
-        ym = network.colour_basis_absolute(params, x) + e * network.to_colour_basis(network.extinction_vector(params, x))
-        return jnp.concatenate([W @ ((s.y_hat - ym) * s.y_obs), Lt @ (th - s.theta), ((e - s.E0) / s.sigma_E0)[None]])
+        return network.colour_basis_absolute(params, x) + e * network.to_colour_basis(network.extinction_vector(params, x))
+
+    def resid(z):
+        th = theta_med + theta_std * z[:3]
+        return jnp.concatenate([W @ ((s.y_hat - model_y(z)) * s.y_obs), Lt @ (th - s.theta),
+                                ((z[3] - s.E0) / s.sigma_E0)[None]])
 
     def cost(z):
         r = resid(z)
@@ -108,9 +111,7 @@ def star_joint_fit(params, theta_med, theta_std, s: lik.StarData, theta, E, n_st
     r = resid(z)
     n_y = s.y_hat.shape[-1]
     if s_cut is not None:
-        x, e = z[:3], z[3]
-        ym = network.colour_basis_absolute(params, x) + e * network.to_colour_basis(network.extinction_vector(params, x))
-        r = jnp.concatenate([photometric_whitening(s_cut) @ ((s_cut.y_hat - ym) * s_cut.y_obs), r[n_y:]])
+        r = jnp.concatenate([photometric_whitening(s_cut) @ ((s_cut.y_hat - model_y(z)) * s_cut.y_obs), r[n_y:]])
     chi2 = r[:n_y + 3] @ r[:n_y + 3]
     return theta_med + theta_std * z[:3], z[3], var_E, W, chi2, jnp.sum(s.y_obs)
 
@@ -137,10 +138,10 @@ def joint_fit_all(params, theta_med, theta_std, data: lik.StarData, theta, E, n_
     reduced_chi2 : (N,) float64 (cut χ²/(n_obs − 1), NaN where undefined); n_obs : (N,) int
     """
     fn = _BATCH.setdefault(n_steps, _joint_batch(n_steps))
-    arrays = (data, jnp.asarray(np.nan_to_num(theta), jnp.float32), jnp.asarray(np.nan_to_num(E), jnp.float32))
-    th, E, var, W, c2, n_obs = map_batched(
-        lambda a: fn(params, theta_med, theta_std, *a[:3], prior, a[3] if cut_data is not None else None),
-        arrays + ((cut_data,) if cut_data is not None else ()), batch_size)
+    th, E, var, W, c2, n_obs = map_batched(  # (cut_data None: a pytree without leaves, passed through as None)
+        lambda a: fn(params, theta_med, theta_std, *a[:3], prior, a[3]),
+        (data, jnp.asarray(np.nan_to_num(theta), jnp.float32), jnp.asarray(np.nan_to_num(E), jnp.float32), cut_data),
+        batch_size)
     with np.errstate(invalid="ignore", divide="ignore"):
         red = np.where(n_obs > 1, c2.astype(np.float64) / (n_obs - 1), np.nan)
     return (np.asarray(th, np.float64), np.asarray(E, np.float32), np.asarray(var, np.float32),
