@@ -161,8 +161,8 @@ def run(n=200000, seed=1, iterations=20, epochs=25, batch_size=1024, out=None, t
     if scale_step:
         extra_cfg["scale_step"] = True
     extra_cfg.update(extra_config or {})
-    cfg = TrainConfig(iterations=iterations, epochs=epochs, batch_size=batch_size, seed=seed, lr_decay=lr_decay,
-                      **extra_cfg)
+    cfg = TrainConfig(**{"iterations": iterations, "epochs": epochs, "batch_size": batch_size, "seed": seed,
+                         "lr_decay": lr_decay, **extra_cfg})  # --config may set another training seed
     t0 = time.perf_counter()
     model, hist = train(cat, cfg, init=truth if init_truth else None)
     t_train = time.perf_counter() - t0

@@ -147,6 +147,17 @@ def test_train_tiny_runs_and_records(tiny, trained):
     assert hist.iterations[0]["n_train"] == int(np.sum((hist.split == 0) & (tiny.sigma_E0 <= 0.2)))
 
 
+def test_split_seed_keeps_the_held_out_stars(tiny, trained):
+    """Another training seed with split_seed = the first run's seed: the same split, other initial weights."""
+    from dataclasses import replace
+    model, hist, _ = trained
+    other, h2 = train(tiny, replace(TINY, iterations=1, epochs=1, seed=seed() + 1, split_seed=seed()))
+    np.testing.assert_array_equal(h2.split, hist.split)
+    assert not np.allclose(np.asarray(other.predict_y(tiny.theta[:5], 0.0)), np.asarray(model.predict_y(tiny.theta[:5], 0.0)))
+    _, h3 = train(tiny, replace(TINY, iterations=1, epochs=1, seed=seed() + 1))
+    assert not np.array_equal(h3.split, hist.split)
+
+
 def test_reddening_update_in_loop_matches_likelihood(tiny, trained):
     model, hist, _ = trained
     E, var = update_reddening(model, star_data(tiny))

@@ -39,6 +39,8 @@ class TrainConfig:
         Stars per Adam step (1024).
     seed : int
         Seeds the split, the initial weights and the shuffles.
+    split_seed : int or None
+        Seeds the split alone (None: ``seed``): the same held-out stars for runs that differ in ``seed``.
     learning_rate, lr_decay : float
         Learning rate of iteration k: learning_rate·exp(−lr_decay·k).
     split : tuple of 3 floats
@@ -119,6 +121,7 @@ class TrainConfig:
     epochs: int = 25
     batch_size: int = 1024
     seed: int = 0
+    split_seed: int | None = None
     learning_rate: float = 1e-3
     lr_decay: float = 0.2
     split: tuple = (0.7, 0.2, 0.1)
@@ -191,7 +194,7 @@ class TrainConfig:
         return d
 
     #: Settings that must agree between a checkpoint and the run resuming it (iterations may grow).
-    RESUME_KEYS = ("epochs", "batch_size", "seed", "learning_rate", "lr_decay", "split", "max_sigma_E0_first",
+    RESUME_KEYS = ("epochs", "batch_size", "seed", "split_seed", "learning_rate", "lr_decay", "split", "max_sigma_E0_first",
                    "cut_start", "cut_end", "cut_k_end", "n_hidden", "l2_hidden", "l1_extinction",
                    "init_output_bias", "max_cut_fraction", "parallax_residual", "distance_prior", "normalizer_draws",
                    "normalizer_stars", "theta_denoise", "scale_step",
@@ -439,7 +442,7 @@ def train(cat: Catalog, config: TrainConfig = TrainConfig(), *, init: StellarMod
     n, B = len(cat), len(cat.bands)
     if n == 0:
         raise ValueError(f"{cat.name}: the catalog is empty")
-    split = schedule.split_labels(n, cfg.seed, cfg.split)
+    split = schedule.split_labels(n, cfg.seed if cfg.split_seed is None else cfg.split_seed, cfg.split)
     usable = cat.usable(TRAINING_UNUSABLE)
     state = resume if resume is not None else _initial_state(cat, cfg, init, split, usable)
     if len(state.E) != n:
