@@ -57,7 +57,8 @@ def objectives(params, prior, nodes_1d):
 
     from photoinfer import linalg as la
     from photoinfer.model import network
-    from photoinfer.train.gauss_newton import _model, joint_objective_terms, log_det_h
+    from photoinfer.model.network import model_y
+    from photoinfer.train.gauss_newton import joint_objective_terms, log_det_h
     from photoinfer.train.population import (
         combine_with_measurement,
         neg2_log_density,
@@ -125,7 +126,7 @@ def objectives(params, prior, nodes_1d):
         u, v = W @ (y - a), W @ c
         Eh = (v @ u + iv * E0) / (v @ v + iv)
         z = jnp.concatenate([x, Eh[None]])
-        Jz = jax.jacfwd(lambda q: W @ _model(unravel(wv), q))(z)
+        Jz = jax.jacfwd(lambda q: W @ model_y(unravel(wv), q[:3], q[3]))(z)
         A = Jz.T @ Jz
         A = A.at[:3, :3].add(L + quadratic_majorizer(prior, x)[0]).at[3, 3].add(iv)
         return A[:3, :3] - jnp.outer(A[:3, 3], A[3, :3]) / A[3, 3]

@@ -241,12 +241,13 @@ def test_gauss_newton_with_log_det_descends_the_marginal_objective(released_mode
     with the ∇D terms of the right-hand sides left out, 4.9×)."""
     from jax.flatten_util import ravel_pytree
 
-    from photoinfer.train.gauss_newton import _lam4, _model, gauss_newton_steps, log_det_h
+    from photoinfer.model.network import model_y
+    from photoinfer.train.gauss_newton import _lam4, gauss_newton_steps, log_det_h
     d, keep, x_hat, lam, E0, ivar, z0, W = _gn_setup(released_model, tiny)
     p0 = released_model.params
     rng = np.random.default_rng(seed())
     noise = jnp.asarray(rng.normal(size=(len(keep), W.shape[1])), jnp.float32)
-    y = jax.vmap(lambda z, Wi, e: _model(p0, z) + jnp.linalg.pinv(Wi) @ e)(z0, W, noise)  # (W: 0 rows where missing)
+    y = jax.vmap(lambda z, Wi, e: model_y(p0, z[:3], z[3]) + jnp.linalg.pinv(Wi) @ e)(z0, W, noise)  # (W: 0 rows where missing)
     y = jnp.where(np.asarray(d.y_obs), y, 0.0)
     leaves, tree = jax.tree_util.tree_flatten(p0)
     p1 = jax.tree_util.tree_unflatten(tree, [jnp.asarray(a + 0.01 * rng.normal(size=a.shape), jnp.float32) for a in leaves])
@@ -255,7 +256,7 @@ def test_gauss_newton_with_log_det_descends_the_marginal_objective(released_mode
     def total(w, z):
         p = unravel(w)
         def one(zi, yi, Wi, zt, L, iv):
-            r = Wi @ (yi - _model(p, zi))
+            r = Wi @ (yi - model_y(p, zi[:3], zi[3]))
             dz = zi - zt
             return r @ r + dz @ _lam4(L, iv) @ dz + log_det_h(p, zi, Wi, L, iv)
         return jnp.sum(jax.vmap(one)(z, y, W, z0, lam, ivar))
@@ -281,14 +282,15 @@ def test_log_det_with_the_parallax_weight_at_the_current_mu(released_model, tiny
     computed from a whitening factor rebuilt with σ_μ̃ at that μ (the distance prior's curvature kept at μ_lin), for
     stars whose latent sits 0.3 mag brighter or fainter than the linearization; and it is 0 at μ = μ_lin."""
     from photoinfer.likelihood import LN10
-    from photoinfer.train.gauss_newton import _model, log_det_h
+    from photoinfer.model.network import model_y
+    from photoinfer.train.gauss_newton import log_det_h
     from photoinfer.train.latent import photometric_whitening
     from photoinfer.train.parallax import ParallaxInputs, linearized_data, weight_terms
     d, keep, x_hat, lam, E0, ivar, z, _ = _gn_setup(released_model, tiny, n=60)
     cat = tiny.subset(keep)
     px = ParallaxInputs(cat)
     p = released_model.params
-    f1 = np.asarray(jax.vmap(lambda zz: _model(p, zz)[0])(z), np.float64)
+    f1 = np.asarray(jax.vmap(lambda zz: model_y(p, zz[:3], zz[3])[0])(z), np.float64)
     rng = np.random.default_rng(seed())
     for shift in (0.0, 0.3, -0.3):
         mu_lin = px.mag_ref - f1 + shift + 0.05 * rng.normal(size=len(f1)) * (shift != 0)  # μ − μ_lin ≈ −shift

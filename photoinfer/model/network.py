@@ -93,7 +93,23 @@ def predict_y(params, theta_med, theta_std, theta, E):
     -------
     array, shape (..., B) [mag]
     """
-    x = standardize(theta, theta_med, theta_std)
+    return model_y(params, standardize(theta, theta_med, theta_std), E)
+
+
+def model_y(params, x, E):
+    """y = A M + E·A R (METHOD §2) at standardized features: :func:`predict_y` without the standardization.
+
+    Parameters
+    ----------
+    x : array, shape (..., 3)
+        Standardized features.
+    E : array, shape (...)
+        Reddening.
+
+    Returns
+    -------
+    array, shape (..., B) [mag]
+    """
     return colour_basis_absolute(params, x) + jnp.asarray(E)[..., None] * to_colour_basis(extinction_vector(params, x))
 
 

@@ -47,18 +47,13 @@ from ..model import network
 __all__ = ["joint_objective_terms", "log_det_h", "curvature", "gauss_newton_steps"]
 
 
-def _model(params, z):
-    x, e = z[:3], z[3]
-    return network.colour_basis_absolute(params, x) + e * network.to_colour_basis(network.extinction_vector(params, x))
-
-
 def _lam4(Lam_x, ivar):
     return jnp.zeros((4, 4), Lam_x.dtype).at[:3, :3].set(Lam_x).at[3, 3].set(ivar)
 
 
 def joint_objective_terms(params, z, y, W, z_tilde, Lam_x, ivar):
     """One star's data χ² ‖r‖² and prior term (z − z̃)ᵀ Λ (z − z̃) of F (module docstring)."""
-    r = W @ (y - _model(params, z))
+    r = W @ (y - network.model_y(params, z[:3], z[3]))
     d = z - z_tilde
     return r @ r, d @ _lam4(Lam_x, ivar) @ d
 
@@ -66,19 +61,19 @@ def joint_objective_terms(params, z, y, W, z_tilde, Lam_x, ivar):
 def log_det_h(params, z, W, Lam_x, ivar, plx=None):
     """One star's Laplace term D = ln det (J_zᵀJ_z + Λ) at z (Eq. GN2); with ``plx`` (its row of
     :func:`~photoinfer.train.parallax.weight_terms`), the parallax's weight at the star's current μ (Eq. P3)."""
-    Jz = jax.jacfwd(lambda zz: W @ _model(params, zz))(z)
+    Jz = jax.jacfwd(lambda zz: W @ network.model_y(params, zz[:3], zz[3]))(z)
     H = Jz.T @ Jz + _lam4(Lam_x, ivar)
     if plx is None:
         return la.logdet_spd(H)
     from .parallax import log_det_weight_change
     L = la.cholesky(H)
     return (2.0 * jnp.sum(jnp.log(jnp.diag(L)))
-            + log_det_weight_change(_model(params, z)[0], Jz, W[:, 0], lambda u: la.cho_solve(L, u), plx))
+            + log_det_weight_change(network.model_y(params, z[:3], z[3])[0], Jz, W[:, 0], lambda u: la.cho_solve(L, u), plx))
 
 
 def _star_parts(params, z, y, W, z_tilde, Lam_x, ivar):
     """r (B,), J_z (B, 4), A⁻¹ b (4,), A⁻¹ (4, 4) for one star (Eq. GN1)."""
-    f = lambda zz: W @ _model(params, zz)  # noqa: E731
+    f = lambda zz: W @ network.model_y(params, zz[:3], zz[3])  # noqa: E731
     r = W @ y - f(z)
     Jz = jax.jacfwd(f)(z)
     Lam = _lam4(Lam_x, ivar)
@@ -101,7 +96,7 @@ def curvature(params, z, W, Lam_x, ivar):
     the Gauss–Newton matrix of Eq. GN1 with every star's latent (θ, E) eliminated — the Fisher information of
     the network's weights.  z (n, 4), W (n, B, B), Lam_x (n, 3, 3), ivar (n,) as in :func:`gauss_newton_steps`."""
     def rows(zz, Wz, L, iv):
-        f = lambda p, x: Wz @ _model(p, x)  # noqa: E731
+        f = lambda p, x: Wz @ network.model_y(p, x[:3], x[3])  # noqa: E731
         Jw = jax.jacrev(f)(params, zz)
         Jw = jnp.concatenate([a.reshape(a.shape[0], -1) for a in jax.tree_util.tree_leaves(Jw)], axis=1)  # (B, P)
         return _projected_jacobian(Jw, jax.jacfwd(f, argnums=1)(params, zz), L, iv)
@@ -206,13 +201,13 @@ def gauss_newton_steps(params, z, y, W, z_tilde, Lam_x, ivar, *, n_bands: int, l
                 zb, Wb, Lb, ib, pb)))(wv)
         u = (r - jnp.einsum("nbk,nk->nb", Jz, Ainv_b)) * vb[:, None]
         # Σ J_wᵀ u with J_w = W ∂f/∂w: the VJP of w ↦ Σ_i W_i f(w, z_i) with cotangents u_i
-        fw = lambda ww: jax.vmap(lambda zz, Wz: Wz @ _model(unravel(ww), zz))(zb, Wb)  # noqa: E731
+        fw = lambda ww: jax.vmap(lambda zz, Wz: Wz @ network.model_y(unravel(ww), zz[:3], zz[3]))(zb, Wb)  # noqa: E731
         return jax.vjp(fw, wv)[1](u)[0] + gD, (Jz, Ainv_b, Ainv)  # (the per-star parts serve every λ's Δz)
 
     @jax.jit
     def dz_batch(wv, dw, zb, Wb, parts):
         Jz, Ainv_b, Ainv = parts
-        fw = lambda ww: jax.vmap(lambda zz, Wz: Wz @ _model(unravel(ww), zz))(zb, Wb)  # noqa: E731
+        fw = lambda ww: jax.vmap(lambda zz, Wz: Wz @ network.model_y(unravel(ww), zz[:3], zz[3]))(zb, Wb)  # noqa: E731
         Jw_dw = jax.jvp(fw, (wv,), (dw,))[1]  # (b, B)
         CT_dw = jnp.einsum("nbk,nb->nk", Jz, Jw_dw)
         return Ainv_b - jnp.einsum("nik,nk->ni", Ainv, CT_dw)

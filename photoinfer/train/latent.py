@@ -75,8 +75,7 @@ def star_joint_fit(params, theta_med, theta_std, s: lik.StarData, theta, E, n_st
     Lt = la.inverse_lower(la.cholesky(s.theta_cov))  # C_θ⁻¹ = Ltᵀ Lt
 
     def model_y(z):
-        x, e = z[:3], z[3]
-        return network.colour_basis_absolute(params, x) + e * network.to_colour_basis(network.extinction_vector(params, x))
+        return network.model_y(params, z[:3], z[3])
 
     def resid(z):
         th = theta_med + theta_std * z[:3]

@@ -298,9 +298,7 @@ def batch_loss(params, x, E, y, W, w, n_bands: int, l2: float, l1: float):
     -------
     loss, chi2_per_band : ()
     """
-    ym = network.colour_basis_absolute(params, x) + E[:, None] * network.to_colour_basis(
-        network.extinction_vector(params, x))
-    r = jnp.einsum("nij,nj->ni", W, y - ym)
+    r = jnp.einsum("nij,nj->ni", W, y - network.model_y(params, x, E))
     data = jnp.sum(w * jnp.sum(r * r, axis=-1)) / jnp.maximum(jnp.sum(w), 1.0) / n_bands
     return data + network.regularization(params, l2, l1), data
 

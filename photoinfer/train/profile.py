@@ -52,8 +52,7 @@ def star_profile_loss(params, x_star, E_star, x_hat, Lam_x, E0, ivar_E0, y, W, l
     loss : () (χ² units), data_chi2 : () ‖r₀‖² (the fit at (θ*, E*) alone)
     """
     def f(z):
-        x, e = z[:3], z[3]
-        return network.colour_basis_absolute(params, x) + e * network.to_colour_basis(network.extinction_vector(params, x))
+        return network.model_y(params, z[:3], z[3])
 
     z = jnp.concatenate([x_star, jnp.reshape(E_star, (1,))])
     ym, J = f(z), jax.jacfwd(f)(z)
