@@ -61,14 +61,17 @@ def joint_objective_terms(params, z, y, W, z_tilde, Lam_x, ivar):
 def log_det_h(params, z, W, Lam_x, ivar, plx=None):
     """One star's Laplace term D = ln det (J_zᵀJ_z + Λ) at z (Eq. GN2); with ``plx`` (its row of
     :func:`~photoinfer.train.parallax.weight_terms`), the parallax's weight at the star's current μ (Eq. P3)."""
-    Jz = jax.jacfwd(lambda zz: W @ network.model_y(params, zz[:3], zz[3]))(z)
+    def f(zz):
+        y = network.model_y(params, zz[:3], zz[3])
+        return W @ y, y[0]
+
+    Jz, f1 = jax.jacfwd(f, has_aux=True)(z)  # (f₁ = A·M_G + E R_G at z, from the same forward pass)
     H = Jz.T @ Jz + _lam4(Lam_x, ivar)
     if plx is None:
         return la.logdet_spd(H)
     from .parallax import log_det_weight_change
     L = la.cholesky(H)
-    return (2.0 * jnp.sum(jnp.log(jnp.diag(L)))
-            + log_det_weight_change(network.model_y(params, z[:3], z[3])[0], Jz, W[:, 0], lambda u: la.cho_solve(L, u), plx))
+    return 2.0 * jnp.sum(jnp.log(jnp.diag(L))) + log_det_weight_change(f1, Jz, W[:, 0], lambda u: la.cho_solve(L, u), plx)
 
 
 def _star_parts(params, z, y, W, z_tilde, Lam_x, ivar):
