@@ -149,6 +149,19 @@ def objectives(params, prior, nodes_1d):
     return w0, unravel, fns
 
 
+def normalizer_noise(d):
+    """rms over the stars of ΔM_G's Monte Carlo scatter in Σ 2 ln Z_i, from ``--normalizer-resample``'s steps in ``d``:
+    "subsample" against the whole pool (exact there), "iid" and "qmc" (one draw set of p(θ) each, :func:`sample` and
+    :func:`integration_draws`) as their standard deviation over the R draw sets."""
+    out = {}
+    for part in ("subsample", "iid", "qmc"):
+        v = np.array([x for k, x in d.items() if k.startswith(f"normalizer {part} ")])
+        if len(v) > 1:
+            dev = v if part == "subsample" else (v - v.mean(0)) * np.sqrt(len(v) / (len(v) - 1))
+            out[part] = float(np.sqrt(np.mean(dev ** 2)))
+    return out
+
+
 def pair(path_a, path_b):
     """Two mocks' one-step ΔM_G (.npz written by this script, same ``--eval-stars``), per objective: their correlation,
     the rms of their mean ("shared"), of their difference / √2 ("noise", one mock's), and the shared part beyond
@@ -206,6 +219,11 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=512)
     p.add_argument("--damping", type=float, default=1e-3,
                    help="λ of the step (S + R + λ diag(S + R))⁻¹ (the Gauss–Newton steps' first damping; default 1e-3)")
+    p.add_argument("--normalizer-resample", type=int, default=0, metavar="R",
+                   help="with a distance prior: the steps of R other random subsamples of --normalizer-subsample stars "
+                        "(scaled to the pool) and of R other draw sets of p(θ), against the whole pool with the loop's draws "
+                        "(the Monte Carlo noise of Σ 2 ln Z_i; give --config a normalizer_stars ≥ the pool)")
+    p.add_argument("--normalizer-subsample", type=int, default=8192, help="the training's normalizer_stars (default 8192)")
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
     truth, cat, cfg, (z, y, W, z_tilde, Lam_x, ivar, kw), prior = from_truth(
@@ -246,6 +264,24 @@ def main(argv=None):
     steps["regularization alone"] = -0.5 * np.linalg.solve(damped, np.asarray(reg_grad, np.float64))
     if normalizer is not None:
         steps["normalization alone"] = -0.5 * np.linalg.solve(damped, z_grad)
+    if a.normalizer_resample and normalizer is not None:  # Σ 2 ln Z_i's Monte Carlo noise (training: Eq. P2's estimate)
+        from photoinfer.train.parallax import log_normalizer
+        from photoinfer.train.population import integration_draws, sample
+        zgd = jax.jit(jax.grad(lambda wv, dr, *c: 2.0 * jnp.sum(log_normalizer(unravel(wv), dr, *c, normalizer.galactic))))
+        st, m = [np.asarray(q) for q in normalizer.stars()], len(normalizer.mag_ref)
+
+        def z_gradient(idx, draws):
+            return sum(np.asarray(zgd(w0, draws, *(jnp.asarray(q[idx[i:i + 2048]]) for q in st)), np.float64)
+                       for i in range(0, len(idx), 2048))
+        rng = np.random.default_rng(2024)
+        n_sub = min(a.normalizer_subsample, m)
+        for r in range(a.normalizer_resample):
+            idx = np.sort(rng.choice(m, n_sub, replace=False))
+            g_sub = (m / n_sub) * z_gradient(idx, normalizer.draws) - z_grad
+            steps[f"normalizer subsample {r}"] = -0.5 * np.linalg.solve(damped, g_sub)
+            for name, draw in (("iid", sample), ("qmc", integration_draws)):
+                g = z_gradient(np.arange(m), jnp.asarray(draw(prior, len(normalizer.draws), 1000 + r))) - z_grad
+                steps[f"normalizer {name} {r}"] = -0.5 * np.linalg.solve(damped, g)
     # ΔM_G at the held-out stars' true θ in the region
     ev = read_catalog(a.eval_mock)  # the θ where ΔM_G is compared: as truth_recovery_compare.py
     lo, hi = (int(v) for v in a.eval_stars.split(":"))
@@ -259,11 +295,13 @@ def main(argv=None):
     m0 = np.asarray(truth.predict_y(th, 0.0), float)[:, 0]
     for m in a.compare:
         d["model:" + Path(m).name] = np.asarray(load_model(m).predict_y(th, 0.0), float)[:, 0] - m0
-    keys = list(d)
+    keys = [k for k in d if not k.startswith("normalizer ")]  # (the resampled ones: in normalizer_noise_rms)
     res = {"command": "python benchmarks/truth_recovery_onestep.py " + " ".join(argv),
            "n": a.n, "n_training_stars": int(len(z)), "eval_stars": int(len(th)),
            "fisher_seconds": t_fisher, "seconds": timing, "objective_sum": values,
            "dM_G": {k: {"rms": float(np.sqrt(np.mean(v ** 2))), "mean": float(v.mean())} for k, v in d.items()},
+           "normalizer_noise_rms": normalizer_noise(d),
+           "normalizer_pool": int(len(normalizer.mag_ref)) if normalizer is not None else 0,
            "correlation": {f"{k1} | {k2}": float(np.corrcoef(d[k1], d[k2])[0, 1])
                            for i, k1 in enumerate(keys) for k2 in keys[i + 1:]},
            "difference_rms": {f"{k1} - {k2}": float(np.sqrt(np.mean((d[k1] - d[k2]) ** 2)))

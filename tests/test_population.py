@@ -9,8 +9,8 @@ import pytest
 from conftest import seed
 from scipy.stats import multivariate_normal
 
-from photoinfer.train.population import (PopulationPrior, _inv_det3, fit_population, neg2_log_density,
-                                         quadratic_majorizer)
+from photoinfer.train.population import (PopulationPrior, _inv_det3, fit_population, integration_draws,
+                                         neg2_log_density, quadratic_majorizer, sample)
 
 
 def _two_blobs(rng, n):
@@ -43,6 +43,33 @@ def test_extreme_deconvolution_recovers_the_noise_free_population():
     np.testing.assert_allclose(sd, sds, rtol=0.04)
     noisy = np.array([x[np.argmin(np.linalg.norm(x[:, None] - means[None], axis=-1), axis=1) == k].std(0) for k in (0, 1)])
     assert np.all(noisy / sds > 1.08)
+
+
+def test_integration_draws_are_unbiased_and_scatter_less_than_iid_draws():
+    """E_p[exp(a·x)] over a 48-component mixture has the closed form Σ_k α_k exp(a·m_k + ½ aᵀV_k a).  With 2,048
+    points and 40 seeds: the stratified QMC estimate's mean equals the closed form with its rounded weights n_k/n
+    (what the stratification integrates exactly) within 5 standard errors, and its scatter is below half the
+    i.i.d. draws' (measured 3.5× less)."""
+    rng = np.random.default_rng(seed())
+    K, n = 48, 2048
+    w = rng.dirichlet(np.ones(K))
+    m = rng.normal(0, 1, (K, 3))
+    A = rng.normal(0, 0.3, (K, 3, 3))
+    V = A @ np.swapaxes(A, 1, 2) + 0.05 * np.eye(3)
+    pop = PopulationPrior(jnp.asarray(w), jnp.asarray(m), jnp.asarray(V))
+    a = np.array([0.5, -0.3, 0.2])
+    f_k = np.exp(m @ a + 0.5 * np.einsum("i,kij,j->k", a, V, a))
+    x = integration_draws(pop, n, seed())
+    assert x.shape == (n, 3) and x.dtype == np.float32 and np.isfinite(x).all()
+    est = {name: np.array([np.exp(draw(pop, n, s).astype(np.float64) @ a).mean() for s in range(seed(), seed() + 40)])
+           for name, draw in (("iid", sample), ("qmc", integration_draws))}
+    quota = n * w
+    n_round = np.floor(quota).astype(int)
+    n_round[np.argsort(n_round - quota)[:n - n_round.sum()]] += 1
+    exact = n_round @ f_k / n
+    se = est["qmc"].std(ddof=1) / np.sqrt(40)
+    assert abs(est["qmc"].mean() - exact) < 5 * se, (est["qmc"].mean(), exact, se)
+    assert est["qmc"].std() < 0.5 * est["iid"].std(), (est["qmc"].std(), est["iid"].std())
 
 
 def test_inverse_and_determinant_3x3():

@@ -504,8 +504,8 @@ def train(cat: Catalog, config: TrainConfig = TrainConfig(), *, init: StellarMod
     draws = galactic = None
     if dist_prior is not None:  # Eq. P2: K fixed draws of p(θ) for the normalization of p(θ | m_G)
         from ..priors.galactic import galactic_params
-        from .population import sample as sample_population
-        draws = jnp.asarray(sample_population(prior, cfg.normalizer_draws, cfg.seed))
+        from .population import integration_draws
+        draws = jnp.asarray(integration_draws(prior, cfg.normalizer_draws, cfg.seed))
         galactic = galactic_params(dist_prior)
     if profiled:  # from iteration 1 on (after the first joint fit): the profiled loss
         from functools import partial
