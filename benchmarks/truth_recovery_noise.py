@@ -35,7 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 def captured(cat, cfg, truth, measured=False, ideal_parallax=False, prior_from_truth=False, call=1):
     """The arguments of the training loop's ``call``-th ``gauss_newton_steps`` call (z, ŷ, W, z̃, Λ_x, 1/σ²_E₀,
-    keywords) and the population prior then (None without one), from ``train(..., init=truth)`` (the calls
+    keywords), the population prior then (None without one) and a function of a seed that refits that prior
+    with it (same stars), from ``train(..., init=truth)`` (the calls
     themselves skipped; ``cfg.iterations`` must be ≥ call + 1).  The first call's y₁ is linearized about the
     distances of the measured θ̂, the later calls' about those of the previous joint fit (as in most of training).
     With ``measured``, z̃ and Λ_x are the θ measurement's alone (not combined with the population prior).  With
@@ -43,6 +44,8 @@ def captured(cat, cfg, truth, measured=False, ideal_parallax=False, prior_from_t
     linear, unbiased observation of the true distance modulus with the same error; ε seeded; ``"true"``: that error
     evaluated at the true μ instead of μ_lin, so that it does not depend on the star's photometric and θ noise);
     with ``prior_from_truth`` the population mixture is fitted to the members' true θ instead of deconvolved from θ̂."""
+    from dataclasses import replace
+
     from photoinfer.train import gauss_newton, loop, parallax, profile, train
     box = {}
     real = (gauss_newton.gauss_newton_steps, profile.with_population_prior, loop._population_prior,
@@ -73,6 +76,7 @@ def captured(cat, cfg, truth, measured=False, ideal_parallax=False, prior_from_t
             box["prior"][1]["seconds"] = 0.0
         else:
             box["prior"] = real[2](data, select, state, cfg_)
+            box["refit"] = lambda seed: real[2](data, select, state, replace(cfg_, seed=seed))[0]
         return box["prior"]
     gauss_newton.gauss_newton_steps = capture
     if measured:
@@ -85,7 +89,7 @@ def captured(cat, cfg, truth, measured=False, ideal_parallax=False, prior_from_t
     finally:
         (gauss_newton.gauss_newton_steps, profile.with_population_prior, loop._population_prior,
          parallax.pseudo_distance_modulus) = real
-    return box["args"], box["prior_then"][0] if box.get("prior_then") is not None else None
+    return box["args"], box["prior_then"][0] if box.get("prior_then") is not None else None, box.get("refit")
 
 
 def from_truth(mock_cache, n, config, seed=1, **options):
@@ -149,7 +153,7 @@ def main(argv=None):
                    help="TrainConfig fields (default: the profile estimator; gn_steps must be > 0)")
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
-    truth, cat, cfg, (z, y, W, z_tilde, Lam_x, ivar, kw), _ = from_truth(a.mock_cache, a.n, json.loads(a.config), a.seed)
+    truth, cat, cfg, (z, y, W, z_tilde, Lam_x, ivar, kw), _, _ = from_truth(a.mock_cache, a.n, json.loads(a.config), a.seed)
     S, R = fisher(truth.params, z, W, Lam_x, ivar, kw["n_bands"], cfg.l2_hidden, cfg.l1_extinction)
     cov = np.linalg.inv(S + R)
     # the held-out stars' true θ inside the region (as truth_recovery.py)

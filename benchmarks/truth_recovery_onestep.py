@@ -152,10 +152,12 @@ def objectives(params, prior, nodes_1d):
 def normalizer_noise(d):
     """rms over the stars of ΔM_G's Monte Carlo scatter in Σ 2 ln Z_i, from ``--normalizer-resample``'s steps in ``d``:
     "subsample" against the whole pool (exact there), "iid" and "qmc" (one draw set of p(θ) each, :func:`sample` and
-    :func:`integration_draws`) as their standard deviation over the R draw sets."""
+    :func:`integration_draws`) as their standard deviation over the R draw sets, and "population" (``--population-resample``:
+    p(θ) refitted under R seeds) as theirs."""
     out = {}
-    for part in ("subsample", "iid", "qmc"):
-        v = np.array([x for k, x in d.items() if k.startswith(f"normalizer {part} ")])
+    for part in ("subsample", "iid", "qmc", "population"):
+        v = np.array([x for k, x in d.items() if k.startswith("population refit " if part == "population"
+                                                               else f"normalizer {part} ")])
         if len(v) > 1:
             dev = v if part == "subsample" else (v - v.mean(0)) * np.sqrt(len(v) / (len(v) - 1))
             out[part] = float(np.sqrt(np.mean(dev ** 2)))
@@ -223,10 +225,13 @@ def main(argv=None):
                    help="with a distance prior: the steps of R other random subsamples of --normalizer-subsample stars "
                         "(scaled to the pool) and of R other draw sets of p(θ), against the whole pool with the loop's draws "
                         "(the Monte Carlo noise of Σ 2 ln Z_i; give --config a normalizer_stars ≥ the pool)")
+    p.add_argument("--population-resample", type=int, default=0, metavar="R",
+                   help="the laplace objective's steps with p(θ) refitted under R other seeds (its EM's own scatter; "
+                        "with a distance prior, the normalizer's points drawn from each refit)")
     p.add_argument("--normalizer-subsample", type=int, default=8192, help="the training's normalizer_stars (default 8192)")
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
-    truth, cat, cfg, (z, y, W, z_tilde, Lam_x, ivar, kw), prior = from_truth(
+    truth, cat, cfg, (z, y, W, z_tilde, Lam_x, ivar, kw), prior, refit = from_truth(
         a.mock_cache, a.n, {**json.loads(a.config), "latent_theta": "marginal", "gn_steps": 1}, a.seed, measured=True,
         ideal_parallax=a.ideal_parallax, prior_from_truth=a.prior_from_truth, call=a.call)
     n_bands = kw["n_bands"]
@@ -261,6 +266,22 @@ def main(argv=None):
         steps[name] = -0.5 * np.linalg.solve(S + R + a.damping * np.diag(np.diag(S + R)), g)
         print(name, f"{timing[name]:.0f} s", flush=True)
     damped = S + R + a.damping * np.diag(np.diag(S + R))
+    for r in range(a.population_resample):  # p(θ) refitted with another seed: the objective and Z's points with it
+        from photoinfer.train.population import integration_draws as _draws
+        prior_r = refit(1000 + r)
+        _, _, fns_r = objectives(truth.params, prior_r, a.nodes)
+        gb = jax.jit(lambda wv, *b, f=fns_r["laplace"]: jax.grad(lambda ww: jnp.sum(jax.vmap(lambda *s: f(ww, *s))(*b)))(wv))
+        g = sum(np.asarray(gb(w0, *(jnp.asarray(x[i:i + a.batch]) for x in arrays)), np.float64)
+                for i in range(0, len(z), a.batch)) + np.asarray(reg_grad, np.float64)
+        if normalizer is not None:
+            from photoinfer.train.parallax import log_normalizer
+            dr = jnp.asarray(_draws(prior_r, len(normalizer.draws), cfg.seed))
+            zgr = jax.jit(jax.grad(lambda wv, *c: 2.0 * jnp.sum(log_normalizer(unravel(wv), dr, *c, normalizer.galactic))))
+            st = normalizer.stars()
+            g = g + normalizer.weight * sum(np.asarray(zgr(w0, *(q[i:i + 2048] for q in st)), np.float64)
+                                            for i in range(0, len(st[0]), 2048))
+        steps[f"population refit {r}"] = -0.5 * np.linalg.solve(damped, g)
+        print("population refit", r, flush=True)
     steps["regularization alone"] = -0.5 * np.linalg.solve(damped, np.asarray(reg_grad, np.float64))
     if normalizer is not None:
         steps["normalization alone"] = -0.5 * np.linalg.solve(damped, z_grad)
@@ -295,7 +316,7 @@ def main(argv=None):
     m0 = np.asarray(truth.predict_y(th, 0.0), float)[:, 0]
     for m in a.compare:
         d["model:" + Path(m).name] = np.asarray(load_model(m).predict_y(th, 0.0), float)[:, 0] - m0
-    keys = [k for k in d if not k.startswith("normalizer ")]  # (the resampled ones: in normalizer_noise_rms)
+    keys = [k for k in d if not k.startswith(("normalizer ", "population refit "))]  # (the resampled ones: in normalizer_noise_rms)
     res = {"command": "python benchmarks/truth_recovery_onestep.py " + " ".join(argv),
            "n": a.n, "n_training_stars": int(len(z)), "eval_stars": int(len(th)),
            "fisher_seconds": t_fisher, "seconds": timing, "objective_sum": values,
