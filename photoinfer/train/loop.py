@@ -75,8 +75,9 @@ class TrainConfig:
         distances along each star's sightline (that Galactic model, :mod:`photoinfer.priors.galactic`) as a factor of its
         likelihood, p(μ = m̂_G − M_G(θ) − E R_G | l, b) (Eq. P1 of :mod:`photoinfer.train.parallax`):
         removes the Malmquist-type bias of M_G where θ is uncertain, with the normalization of
-        p(θ | m_G) (Eq. P2) in the objective, estimated with ``normalizer_draws`` fixed draws of the
-        population density (2048) and summed over a seeded subsample of ``normalizer_stars`` training stars
+        p(θ | m_G) (Eq. P2) in the objective, estimated with ``normalizer_draws`` fixed points of the population
+        density (2048; stratified and quasi-random, :func:`~photoinfer.train.population.integration_draws`) and
+        summed over a seeded subsample of ``normalizer_stars`` training stars
         (8192; scaled to all: Σ ln Z_i is a smooth function of the network).  Stars without (l, b) get none.
     theta_denoise : {"none", "tweedie"}
         What θ the network is fed: the measured θ̂ (``"none"``, the paper) or the posterior mean
