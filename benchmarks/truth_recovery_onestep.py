@@ -242,67 +242,59 @@ def main(argv=None):
     t_fisher = time.perf_counter() - t0
     reg_grad = jax.grad(lambda wv: len(z) * n_bands * network.regularization(unravel(wv), cfg.l2_hidden,
                                                                              cfg.l1_extinction))(w0)
+    damped = S + R + a.damping * np.diag(np.diag(S + R))
+
+    def step(g):
+        return -0.5 * np.linalg.solve(damped, g)
     normalizer, z_grad = kw.get("normalizer"), 0.0
     if normalizer is not None:  # + weight · Σ 2 ln Z_i (Eq. P2 of photoinfer/train/parallax.py), in every objective
-        from photoinfer.train.parallax import log_normalizer
-        zg = jax.jit(jax.grad(lambda wv, *c: 2.0 * jnp.sum(log_normalizer(unravel(wv), normalizer.draws, *c,
-                                                                          normalizer.galactic))))
-        st = normalizer.stars()
-        z_grad = normalizer.weight * sum(np.asarray(zg(w0, *(q[i:i + 2048] for q in st)), np.float64)
-                                         for i in range(0, len(st[0]), 2048))
-    arrays = [np.asarray(v, np.float32) for v in (z, y, W, z_tilde[:, :3], Lam_x, z_tilde[:, 3], ivar)]
-    steps, timing, values = {}, {}, {}
-    for name in names:
-        gb = jax.jit(lambda wv, *b, f=fns[name]: jax.value_and_grad(
-            lambda ww: jnp.sum(jax.vmap(lambda *s: f(ww, *s))(*b)))(wv))
-        t0 = time.perf_counter()
-        tot, val = 0.0, 0.0
-        for i in range(0, len(z), a.batch):
-            v, g = gb(w0, *(jnp.asarray(x[i:i + a.batch]) for x in arrays))
-            tot, val = tot + np.asarray(g, np.float64), val + float(v)
-        timing[name] = time.perf_counter() - t0
-        values[name] = val
-        g = tot + np.asarray(reg_grad, np.float64) + z_grad
-        steps[name] = -0.5 * np.linalg.solve(S + R + a.damping * np.diag(np.diag(S + R)), g)
-        print(name, f"{timing[name]:.0f} s", flush=True)
-    damped = S + R + a.damping * np.diag(np.diag(S + R))
-    for r in range(a.population_resample):  # p(θ) refitted with another seed: the objective and Z's points with it
-        from photoinfer.train.population import integration_draws as _draws
-        prior_r = refit(1000 + r)
-        _, _, fns_r = objectives(truth.params, prior_r, a.nodes)
-        gb = jax.jit(lambda wv, *b, f=fns_r["laplace"]: jax.grad(lambda ww: jnp.sum(jax.vmap(lambda *s: f(ww, *s))(*b)))(wv))
-        g = sum(np.asarray(gb(w0, *(jnp.asarray(x[i:i + a.batch]) for x in arrays)), np.float64)
-                for i in range(0, len(z), a.batch)) + np.asarray(reg_grad, np.float64)
-        if normalizer is not None:
-            from photoinfer.train.parallax import log_normalizer
-            dr = jnp.asarray(_draws(prior_r, len(normalizer.draws), cfg.seed))
-            zgr = jax.jit(jax.grad(lambda wv, *c: 2.0 * jnp.sum(log_normalizer(unravel(wv), dr, *c, normalizer.galactic))))
-            st = normalizer.stars()
-            g = g + normalizer.weight * sum(np.asarray(zgr(w0, *(q[i:i + 2048] for q in st)), np.float64)
-                                            for i in range(0, len(st[0]), 2048))
-        steps[f"population refit {r}"] = -0.5 * np.linalg.solve(damped, g)
-        print("population refit", r, flush=True)
-    steps["regularization alone"] = -0.5 * np.linalg.solve(damped, np.asarray(reg_grad, np.float64))
-    if normalizer is not None:
-        steps["normalization alone"] = -0.5 * np.linalg.solve(damped, z_grad)
-    if a.normalizer_resample and normalizer is not None:  # Σ 2 ln Z_i's Monte Carlo noise (training: Eq. P2's estimate)
         from photoinfer.train.parallax import log_normalizer
         from photoinfer.train.population import integration_draws, sample
         zgd = jax.jit(jax.grad(lambda wv, dr, *c: 2.0 * jnp.sum(log_normalizer(unravel(wv), dr, *c, normalizer.galactic))))
         st, m = [np.asarray(q) for q in normalizer.stars()], len(normalizer.mag_ref)
 
         def z_gradient(idx, draws):
+            """∇_w Σ_{i ∈ idx} 2 ln Z_i at w0 with the points ``draws`` (unweighted), float64."""
             return sum(np.asarray(zgd(w0, draws, *(jnp.asarray(q[idx[i:i + 2048]]) for q in st)), np.float64)
                        for i in range(0, len(idx), 2048))
+        z_grad = normalizer.weight * z_gradient(np.arange(m), normalizer.draws)
+    arrays = [np.asarray(v, np.float32) for v in (z, y, W, z_tilde[:, :3], Lam_x, z_tilde[:, 3], ivar)]
+
+    def summed(f):
+        """Σ over the training stars of the per-star objective f and of its gradient at w0 (float64)."""
+        gb = jax.jit(lambda wv, *b: jax.value_and_grad(lambda ww: jnp.sum(jax.vmap(lambda *s: f(ww, *s))(*b)))(wv))
+        tot, val = 0.0, 0.0
+        for i in range(0, len(z), a.batch):
+            v, g = gb(w0, *(jnp.asarray(x[i:i + a.batch]) for x in arrays))
+            tot, val = tot + np.asarray(g, np.float64), val + float(v)
+        return val, tot
+    steps, timing, values = {}, {}, {}
+    for name in names:
+        t0 = time.perf_counter()
+        values[name], g = summed(fns[name])
+        timing[name] = time.perf_counter() - t0
+        steps[name] = step(g + np.asarray(reg_grad, np.float64) + z_grad)
+        print(name, f"{timing[name]:.0f} s", flush=True)
+    for r in range(a.population_resample):  # p(θ) refitted with another seed: the objective and Z's points with it
+        prior_r = refit(1000 + r)
+        g = summed(objectives(truth.params, prior_r, a.nodes)[2]["laplace"])[1] + np.asarray(reg_grad, np.float64)
+        if normalizer is not None:
+            g = g + normalizer.weight * z_gradient(np.arange(m), jnp.asarray(integration_draws(prior_r, len(normalizer.draws),
+                                                                                                 cfg.seed)))
+        steps[f"population refit {r}"] = step(g)
+        print("population refit", r, flush=True)
+    steps["regularization alone"] = step(np.asarray(reg_grad, np.float64))
+    if normalizer is not None:
+        steps["normalization alone"] = step(z_grad)
+    if a.normalizer_resample and normalizer is not None:  # Σ 2 ln Z_i's Monte Carlo noise (training: Eq. P2's estimate)
         rng = np.random.default_rng(2024)
         n_sub = min(a.normalizer_subsample, m)
         for r in range(a.normalizer_resample):
             idx = np.sort(rng.choice(m, n_sub, replace=False))
-            g_sub = (m / n_sub) * z_gradient(idx, normalizer.draws) - z_grad
-            steps[f"normalizer subsample {r}"] = -0.5 * np.linalg.solve(damped, g_sub)
+            steps[f"normalizer subsample {r}"] = step((m / n_sub) * z_gradient(idx, normalizer.draws) - z_grad)
             for name, draw in (("iid", sample), ("qmc", integration_draws)):
                 g = z_gradient(np.arange(m), jnp.asarray(draw(prior, len(normalizer.draws), 1000 + r))) - z_grad
-                steps[f"normalizer {name} {r}"] = -0.5 * np.linalg.solve(damped, g)
+                steps[f"normalizer {name} {r}"] = step(g)
     # ΔM_G at the held-out stars' true θ in the region
     ev = read_catalog(a.eval_mock)  # the θ where ΔM_G is compared: as truth_recovery_compare.py
     lo, hi = (int(v) for v in a.eval_stars.split(":"))
