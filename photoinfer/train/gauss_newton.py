@@ -75,7 +75,7 @@ def log_det_h(params, z, W, Lam_x, ivar, plx=None):
 
 
 def _star_parts(params, z, y, W, z_tilde, Lam_x, ivar):
-    """r (B,), J_z (B, 4), A⁻¹ b (4,), A⁻¹ (4, 4) for one star (Eq. GN1)."""
+    """r (B,), J_z (B, 4), A⁻¹ b (4,), A⁻¹ (4, 4), b (4,) for one star (Eq. GN1)."""
     f = lambda zz: W @ network.model_y(params, zz[:3], zz[3])  # noqa: E731
     r = W @ y - f(z)
     Jz = jax.jacfwd(f)(z)
@@ -83,7 +83,7 @@ def _star_parts(params, z, y, W, z_tilde, Lam_x, ivar):
     A = Jz.T @ Jz + Lam
     b = Jz.T @ r - Lam @ (z - z_tilde)
     Ainv = la.inv_spd(A)
-    return r, Jz, Ainv @ b, Ainv
+    return r, Jz, Ainv @ b, Ainv, b
 
 
 def _projected_jacobian(Jw, Jz, Lam_x, ivar):
@@ -146,7 +146,8 @@ def gauss_newton_steps(params, z, y, W, z_tilde, Lam_x, ivar, *, n_bands: int, l
     Returns
     -------
     params, z : the updated network and (n, 4) latents; history : list of dict per step (F before and
-    after, accepted, λ)
+    after, accepted, λ; for an accepted step also ``predicted``, the decrease of F the Gauss–Newton quadratic
+    predicts for it: (F_before − F_after)/predicted near 1 where the quadratic describes F)
     """
     n = len(z)
     w0, unravel = ravel_pytree(params)
@@ -195,17 +196,19 @@ def gauss_newton_steps(params, z, y, W, z_tilde, Lam_x, ivar, *, n_bands: int, l
     @jax.jit
     def gradient_batch(wv, zb, yb, Wb, ztb, Lb, ib, pb, vb):
         p = unravel(wv)
-        r, Jz, Ainv_b, Ainv = jax.vmap(lambda *a: _star_parts(p, *a))(zb, yb, Wb, ztb, Lb, ib)
+        r, Jz, Ainv_b, Ainv, b = jax.vmap(lambda *a: _star_parts(p, *a))(zb, yb, Wb, ztb, Lb, ib)
         gD = 0.0
         if log_det:  # Eq. GN2: b_i − ½∇_z D_i, and −½∇_w Σ D_i
             gz = jax.vmap(jax.grad(lambda zz, *a: log_det_h(p, zz, *a)))(zb, Wb, Lb, ib, pb)
             Ainv_b = Ainv_b - 0.5 * jnp.einsum("nij,nj->ni", Ainv, gz)
+            b = b - 0.5 * gz
             gD = -0.5 * jax.grad(lambda ww: jnp.sum(vb * jax.vmap(lambda *a: log_det_h(unravel(ww), *a))(
                 zb, Wb, Lb, ib, pb)))(wv)
         u = (r - jnp.einsum("nbk,nk->nb", Jz, Ainv_b)) * vb[:, None]
         # Σ J_wᵀ u with J_w = W ∂f/∂w: the VJP of w ↦ Σ_i W_i f(w, z_i) with cotangents u_i
         fw = lambda ww: jax.vmap(lambda zz, Wz: Wz @ network.model_y(unravel(ww), zz[:3], zz[3]))(zb, Wb)  # noqa: E731
-        return jax.vjp(fw, wv)[1](u)[0] + gD, (Jz, Ainv_b, Ainv)  # (the per-star parts serve every λ's Δz)
+        # (the per-star parts serve every λ's Δz; Σ bᵀA⁻¹b is the latents' own share of the predicted decrease)
+        return jax.vjp(fw, wv)[1](u)[0] + gD, (Jz, Ainv_b, Ainv), jnp.sum(vb * jnp.einsum("ni,ni->n", Ainv_b, b))
 
     @jax.jit
     def dz_batch(wv, dw, zb, Wb, parts):
@@ -221,8 +224,9 @@ def gauss_newton_steps(params, z, y, W, z_tilde, Lam_x, ivar, *, n_bands: int, l
     lam = damping
     history = []
     for _ in range(n_steps):
-        grads, parts = zip(*batched(lambda *a: gradient_batch(w, *a), zc, *args[1:], valid))
+        grads, parts, z_share = zip(*batched(lambda *a: gradient_batch(w, *a), zc, *args[1:], valid))
         g = sum(grads)
+        z_share = sum(float(v) for v in z_share)
         if normalizer is not None:  # −½∇_w of z_weight · Σ 2 ln Z_i (Eq. P2)
             g = g - 0.5 * two_ln_z_grad(w)
         rg, rc = _reg_terms(unravel(w), l2, l1, nb)
@@ -242,8 +246,11 @@ def gauss_newton_steps(params, z, y, W, z_tilde, Lam_x, ivar, *, n_bands: int, l
                                   for i in range(n_batches)])
             w_new, z_new = w + dw, zc + dz
             F_new = objective(w_new, z_new)
+            # the decrease of F the Gauss–Newton model predicts for the step (Eq. GN1's quadratic, reduced over z)
+            dw64 = np.asarray(dw, np.float64)
+            predicted = z_share + 2.0 * g64 @ dw64 - dw64 @ S @ dw64
             if np.isfinite(F_new) and F_new < F:
-                history.append({"F_before": F, "F_after": F_new, "lambda": lam, "accepted": True})
+                history.append({"F_before": F, "F_after": F_new, "predicted": predicted, "lambda": lam, "accepted": True})
                 w, zc, F, lam, accepted = w_new, z_new, F_new, lam / 3, True
                 break
             lam *= 10
