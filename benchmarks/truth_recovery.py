@@ -214,7 +214,7 @@ def run(n=200000, seed=1, iterations=20, epochs=25, batch_size=1024, out=None, t
         "theta_error_scale": theta_error_scale, "parallax_error_scale": parallax_error_scale,
         "theta_err_median": np.median(sig_th, axis=0).tolist(),
         "n": n, "n_usable": int(hist.usable.sum()), "seed": seed, "simulate_seconds": t_sim,
-        "train_seconds": t_train, "final_train_loss": hist.epochs[-1]["train_loss"],
+        "train_seconds": t_train, "train_timings": hist.timings, "final_train_loss": hist.epochs[-1]["train_loss"],
         "final_val_loss": hist.epochs[-1]["val_loss"], "frac_cut_last": hist.iterations[-1]["frac_cut"],
         "region_nodes": int(mask.sum()), "held_out_stars_in_region": int(len(stars)),
         "frac_held_out_in_region": float(inside[held].mean()),

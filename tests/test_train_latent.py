@@ -147,6 +147,7 @@ def test_polish_reaches_the_minimum_adam_leaves(released_model, tiny):
     ({"parallax_residual": "parallax", "distance_prior": "bayestar"}, "latent_theta='marginal'"),
     ({"latent_theta": "marginal", "parallax_residual": "parallax", "distance_prior": "besancon"}, "Galactic parameter set"),
     ({"latent_theta": "marginal", "prior_components": 0}, "prior_components"),
+    ({"latent_theta": "marginal", "prior_stars": 0}, "prior_stars"),
 ])
 def test_latent_config_checks(kwargs, match):
     with pytest.raises(ValueError, match=match):
