@@ -603,7 +603,8 @@ def train(cat: Catalog, config: TrainConfig = TrainConfig(), *, init: StellarMod
             E[train_idx] = z_new[:, 3]
             x_all = standardized(theta_fit)
             vloss, _ = eval_fn(params, x_all, jnp.asarray(E, jnp.float32), y_all, W_dev, val_idx, val_w, aux, glob)
-            gn = {"F": [h["F_after"] for h in gh], "accepted": sum(h["accepted"] for h in gh),
+            gn = {"F": [h["F_after"] for h in gh], "predicted": [h.get("predicted") for h in gh],
+                  "accepted": sum(h["accepted"] for h in gh),
                   "val_loss_after": float(vloss), "seconds": time.perf_counter() - tg}
         polish = None
         if cfg.polish_steps > 0 and k >= cfg.iterations - cfg.polish_iterations:
