@@ -144,7 +144,7 @@ def _mock(truth, n, seed, em, reddening_prior_error, cache):
 def run(n=200000, seed=1, iterations=20, epochs=25, batch_size=1024, out=None, theta_error_scale=1.0,
         save_model=None, parallax_error_scale=1.0, reddening_prior_error="berkson", parallax_residual="magnitude",
         theta_denoise="none", scale_step=False, lr_decay=0.2, mock_cache=None, extra_config=None, init_truth=False,
-        magnitude_limits=True, save_iterates=None):
+        magnitude_limits=True, save_iterates=None, init=None):
     from photoinfer.evaluate import star_data
     from photoinfer.io.models import load_model
     from photoinfer.train import TrainConfig, train
@@ -170,7 +170,7 @@ def run(n=200000, seed=1, iterations=20, epochs=25, batch_size=1024, out=None, t
         if kind == "iteration" and save_iterates:
             from jax.flatten_util import ravel_pytree
             iterates.append(np.asarray(ravel_pytree(state.params)[0]))
-    model, hist = train(cat, cfg, init=truth if init_truth else None, callback=keep)
+    model, hist = train(cat, cfg, init=truth if init_truth else load_model(init) if init else None, callback=keep)
     t_train = time.perf_counter() - t0
     if save_iterates:
         np.save(save_iterates, np.stack(iterates))
@@ -281,6 +281,9 @@ def main(argv=None):
                    help="further TrainConfig fields as a JSON object, e.g. '{\"polish_steps\": 200}'")
     p.add_argument("--init-truth", action="store_true",
                    help="start training from the truth's parameters (a diagnostic: does the estimator drift away?)")
+    p.add_argument("--init", default=None, metavar="MODEL",
+                   help="start training from this saved model (e.g. to continue a run with --config "
+                        "'{\"learning_rate\": …, \"lr_decay\": 0}')")
     p.add_argument("--tag", default="", help="appended to the default output name")
     p.add_argument("--save-model", default=None, metavar="PATH", help="also write the trained model here")
     p.add_argument("--save-iterates", default=None, metavar="PATH.npy",
@@ -297,7 +300,7 @@ def main(argv=None):
     print(json.dumps(run(a.n, a.seed, a.iterations, a.epochs, a.batch_size, out, a.theta_error_scale, a.save_model,
                          a.parallax_error_scale, a.reddening_prior_error, a.parallax_residual, a.theta_denoise, a.scale_step, a.lr_decay,
                          a.mock_cache, json.loads(a.config) if a.config else None, a.init_truth,
-                         not a.no_magnitude_limits, a.save_iterates), indent=1))
+                         not a.no_magnitude_limits, a.save_iterates, a.init), indent=1))
 
 
 if __name__ == "__main__":
