@@ -10,7 +10,8 @@ every iteration (``truth_recovery.py --save-model A.h5 --save-iterates A.npy``).
 iterations' networks are close, so their average is a network between them) are evaluated like
 ``truth_recovery_map.py``: ΔM_G = M_G − M_G(truth) at the true θ of its 40,000 evaluation stars, each model's rms and
 the pair's noise rms(Δ₁ − Δ₂)/√2 and shared part rms((Δ₁ + Δ₂)/2).  If the endpoint's scatter is the iterations'
-wander about the minimum, the noise falls with k; if it is a slow drift, averaging lags and the bias grows.
+wander about the minimum, the noise falls with k; if it is a slow drift, averaging lags and the bias grows.  The same
+for the two networks after each of the last ``--last`` iterations (no average): does the pair converge?
 Prints one line per k and writes ``--out`` (JSON).
 """
 from __future__ import annotations
@@ -48,16 +49,24 @@ def main(argv=None):
         its = np.load(iter_file)
         if not np.allclose(its[-1], np.asarray(w), atol=1e-6):
             raise ValueError(f"{iter_file}: its last iterate is not the network of {model_file}")
-        runs.append([np.asarray(model.replace(params=unravel(its[-k:].mean(0).astype(np.float32))).predict_y(
-            theta, 0.0))[:, 0] - m_true for k in range(1, min(a.last, len(its)) + 1)])
-    rows = []
-    for k, (d1, d2) in enumerate(zip(*runs), start=1):
-        rows.append({"k": k, "M_G_rms": [rms(d1), rms(d2)], "M_G_mean": [float(d1.mean()), float(d2.mean())],
-                     "noise": rms(d1 - d2) / float(np.sqrt(2)), "shared": rms((d1 + d2) / 2),
-                     "correlation": float(np.corrcoef(d1, d2)[0, 1])})
-        print(rows[-1])
+        m_g = lambda wv: np.asarray(model.replace(params=unravel(wv.astype(np.float32))).predict_y(  # noqa: E731
+            theta, 0.0))[:, 0] - m_true
+        last = min(a.last, len(its))
+        runs.append(([m_g(its[-k:].mean(0)) for k in range(1, last + 1)], [m_g(w) for w in its[-last:]]))
+
+    def pair(d1, d2, **key):
+        return {**key, "M_G_rms": [rms(d1), rms(d2)], "M_G_mean": [float(d1.mean()), float(d2.mean())],
+                "noise": rms(d1 - d2) / float(np.sqrt(2)), "shared": rms((d1 + d2) / 2),
+                "correlation": float(np.corrcoef(d1, d2)[0, 1])}
+    averaged = [pair(d1, d2, k=k) for k, (d1, d2) in enumerate(zip(runs[0][0], runs[1][0]), start=1)]
+    n_it = len(runs[0][1])
+    by_iteration = [pair(d1, d2, iterations_before_the_end=n_it - 1 - i)
+                    for i, (d1, d2) in enumerate(zip(runs[0][1], runs[1][1]))]
+    for r in by_iteration + averaged:
+        print(r)
     out = Path(a.out or Path(__file__).resolve().parent / "results" / "truth_recovery_iterates.json")
-    out.write_text(json.dumps({"command": " ".join(sys.argv), "rows": rows}, indent=1))
+    out.write_text(json.dumps({"command": " ".join(sys.argv), "averaged_over_last_k": averaged,
+                               "by_iteration": by_iteration}, indent=1))
     print("wrote", out)
 
 
