@@ -279,11 +279,12 @@ def main(argv=None):
                         "there (.parquet); it must come from the same --seed and error options")
     p.add_argument("--config", default=None, metavar="JSON",
                    help="further TrainConfig fields as a JSON object, e.g. '{\"polish_steps\": 200}'")
-    p.add_argument("--init-truth", action="store_true",
-                   help="start training from the truth's parameters (a diagnostic: does the estimator drift away?)")
-    p.add_argument("--init", default=None, metavar="MODEL",
-                   help="start training from this saved model (e.g. to continue a run with --config "
-                        "'{\"learning_rate\": …, \"lr_decay\": 0}')")
+    start = p.add_mutually_exclusive_group()
+    start.add_argument("--init-truth", action="store_true",
+                       help="start training from the truth's parameters (a diagnostic: does the estimator drift away?)")
+    start.add_argument("--init", default=None, metavar="MODEL",
+                       help="start training from this saved model (e.g. to continue a run with --config "
+                            "'{\"learning_rate\": …, \"lr_decay\": 0}')")
     p.add_argument("--tag", default="", help="appended to the default output name")
     p.add_argument("--save-model", default=None, metavar="PATH", help="also write the trained model here")
     p.add_argument("--save-iterates", default=None, metavar="PATH.npy",

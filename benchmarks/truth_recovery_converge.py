@@ -45,6 +45,7 @@ def main(argv=None):
     a = p.parse_args(argv)
     import truth_recovery as tr
     from truth_recovery_map import evaluation_theta
+    from truth_recovery_noise import gn_call
 
     from photoinfer.io.catalogs import read_catalog
     from photoinfer.io.models import load_model
@@ -63,7 +64,7 @@ def main(argv=None):
     for f in a.models:
         model = load_model(f)
         t0 = time.perf_counter()
-        params, (z, y, W, z_tilde, Lam_x, ivar), kw = first_call(cat, cfg, model, a.call)
+        params, (z, y, W, z_tilde, Lam_x, ivar), kw = gn_call(cat, cfg, model, a.call)
         kw.pop("n_steps"), kw.pop("seed")
         rec = {"model": f, "setup_seconds": time.perf_counter() - t0, "chunks": []}
         d = []
@@ -86,34 +87,12 @@ def main(argv=None):
         runs.append(rec)
     pairs = []
     for i, (d1, d2) in enumerate(zip(runs[0].pop("d"), runs[1].pop("d"))):
-        pairs.append({"steps": runs[0]["chunks"][i]["steps"], "noise": rms(d1 - d2) / np.sqrt(2),
+        pairs.append({"steps": runs[0]["chunks"][i]["steps"], "noise": rms(d1 - d2) / float(np.sqrt(2)),
                       "shared": rms((d1 + d2) / 2), "correlation": float(np.corrcoef(d1, d2)[0, 1])})
         print(pairs[-1])
     out = Path(a.out or Path(__file__).resolve().parent / "results" / "truth_recovery_converge.json")
     out.write_text(json.dumps({"command": " ".join(sys.argv), "runs": runs, "pairs": pairs}, indent=1))
     print("wrote", out)
-
-
-def first_call(cat, cfg, model, call=1):
-    """(params, the six arrays, the keywords) of the training loop's ``call``-th ``gauss_newton_steps`` call from
-    ``train(cat, cfg, init=model)`` (``cfg.iterations`` ≥ call + 1; the calls themselves skipped): the model after
-    the epochs at learning rate 0 with the scale step applied, and the objective that call minimizes (the per-star
-    latents after ``call`` joint fits, each warm-started at the last)."""
-    from photoinfer.train import gauss_newton, train
-    box = {}
-    real = gauss_newton.gauss_newton_steps
-
-    def grab(params, *args, **kw):
-        box["n"] = box.get("n", 0) + 1
-        if box["n"] == call:
-            box["call"] = (params, args, kw)
-        return params, np.asarray(args[0]), []
-    gauss_newton.gauss_newton_steps = grab
-    try:
-        train(cat, cfg, init=model)
-    finally:
-        gauss_newton.gauss_newton_steps = real
-    return box["call"]
 
 
 if __name__ == "__main__":

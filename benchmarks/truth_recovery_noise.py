@@ -46,24 +46,18 @@ def captured(cat, cfg, truth, measured=False, ideal_parallax=False, prior_from_t
     with ``prior_from_truth`` the population mixture is fitted to the members' true θ instead of deconvolved from θ̂."""
     from dataclasses import replace
 
-    from photoinfer.train import gauss_newton, loop, parallax, profile, train
+    from photoinfer.train import loop, parallax, profile
     box = {}
-    real = (gauss_newton.gauss_newton_steps, profile.with_population_prior, loop._population_prior,
-            parallax.pseudo_distance_modulus)
+    real = (profile.with_population_prior, loop._population_prior, parallax.pseudo_distance_modulus)
     mu_true = np.asarray(cat.extra["true_mu"], np.float64)
     eps = np.random.default_rng(12345).normal(size=len(cat))
 
     def ideal(parallax_, parallax_err, mu_lin):
-        mu_t, sig = real[3](parallax_, parallax_err, mu_lin)
+        mu_t, sig = real[2](parallax_, parallax_err, mu_lin)
         if ideal_parallax == "true":  # σ_μ̃ at the true μ: independent of the star's other noise
-            sig = np.where(np.isfinite(sig), real[3](parallax_, parallax_err, mu_true)[1], sig)
+            sig = np.where(np.isfinite(sig), real[2](parallax_, parallax_err, mu_true)[1], sig)
         return np.where(np.isfinite(mu_t), mu_true + sig * eps, mu_t), sig
 
-    def capture(params, z, y, W, z_tilde, Lam_x, ivar, **kw):
-        box["calls"] = box.get("calls", 0) + 1
-        if box["calls"] == call:
-            box["args"], box["prior_then"] = (z, y, W, z_tilde, Lam_x, ivar, kw), box.get("prior")
-        return params, np.asarray(z), []
 
     def population(data, select, state, cfg_):
         if prior_from_truth:  # the mixture fitted to the members' true θ (errors 10⁻³ std): the right p(θ)
@@ -75,21 +69,41 @@ def captured(cat, cfg, truth, measured=False, ideal_parallax=False, prior_from_t
                                           seed=cfg_.seed)
             box["prior"][1]["seconds"] = 0.0
         else:
-            box["prior"] = real[2](data, select, state, cfg_)
-            box["refit"] = lambda seed: real[2](data, select, state, replace(cfg_, seed=seed))[0]
+            box["prior"] = real[1](data, select, state, cfg_)
+            box["refit"] = lambda seed: real[1](data, select, state, replace(cfg_, seed=seed))[0]
         return box["prior"]
-    gauss_newton.gauss_newton_steps = capture
     if measured:
         profile.with_population_prior = lambda aux, prior, x, **k: aux
     loop._population_prior = population
     if ideal_parallax:
         parallax.pseudo_distance_modulus = ideal
     try:
-        train(cat, cfg, init=truth)
+        _, args, kw = gn_call(cat, cfg, truth, call)
     finally:
-        (gauss_newton.gauss_newton_steps, profile.with_population_prior, loop._population_prior,
-         parallax.pseudo_distance_modulus) = real
-    return box["args"], box["prior_then"][0] if box.get("prior_then") is not None else None, box.get("refit")
+        profile.with_population_prior, loop._population_prior, parallax.pseudo_distance_modulus = real
+    return (*args, kw), box["prior"][0] if box.get("prior") is not None else None, box.get("refit")
+
+
+def gn_call(cat, cfg, init, call=1):
+    """(params, the six arrays, the keywords) of the training loop's ``call``-th ``gauss_newton_steps`` call in
+    ``train(cat, cfg, init=init)`` (``cfg.iterations`` ≥ call + 1; the calls themselves skipped): the network after
+    that iteration's epochs and scale step, and the objective the call minimizes (the per-star latents after
+    ``call`` joint fits, each warm-started at the last)."""
+    from photoinfer.train import gauss_newton, train
+    box = {}
+    real = gauss_newton.gauss_newton_steps
+
+    def grab(params, *args, **kw):
+        box["n"] = box.get("n", 0) + 1
+        if box["n"] == call:
+            box["call"] = (params, args, kw)
+        return params, np.asarray(args[0]), []
+    gauss_newton.gauss_newton_steps = grab
+    try:
+        train(cat, cfg, init=init)
+    finally:
+        gauss_newton.gauss_newton_steps = real
+    return box["call"]
 
 
 def from_truth(mock_cache, n, config, seed=1, **options):

@@ -246,10 +246,10 @@ def gauss_newton_steps(params, z, y, W, z_tilde, Lam_x, ivar, *, n_bands: int, l
                                   for i in range(n_batches)])
             w_new, z_new = w + dw, zc + dz
             F_new = objective(w_new, z_new)
-            # the decrease of F the Gauss–Newton model predicts for the step (Eq. GN1's quadratic, reduced over z)
-            dw64 = np.asarray(dw, np.float64)
-            predicted = z_share + 2.0 * g64 @ dw64 - dw64 @ S @ dw64
             if np.isfinite(F_new) and F_new < F:
+                # the decrease of F the Gauss–Newton model predicts for the step (Eq. GN1's quadratic, reduced over z)
+                dw64 = np.asarray(dw, np.float64)
+                predicted = z_share + 2.0 * g64 @ dw64 - dw64 @ S @ dw64
                 history.append({"F_before": F, "F_after": F_new, "predicted": predicted, "lambda": lam, "accepted": True})
                 w, zc, F, lam, accepted = w_new, z_new, F_new, lam / 3, True
                 break
