@@ -343,3 +343,80 @@ def test_outlier_cut_chi2_leaves_out_the_distance_prior(released_model, tiny):
     assert np.isfinite(red_cut).mean() > 0.95
     assert np.mean(~(red_prior <= 5)) > 0.1  # the artifact (measured 20 %): without the cut's own y₁ these stars are cut
     assert np.nanquantile(red_cut, 0.99) <= 5 and 0.5 <= np.nanmedian(red_cut) <= 1.5, np.nanquantile(red_cut, [0.5, 0.99])
+
+
+@pytest.mark.parametrize("galactic", [None, "bayestar"])
+def test_exact_mu_integral_matches_a_dense_integral(galactic):
+    """Eq. P4 on a linear model f(z) = f₀ + J z with a Gaussian prior on z: the Laplace term of the Gaussian
+    pseudo-observation plus D_μ equals −2 ln of the marginal with the exact parallax likelihood and distance prior
+    (the z integral in closed form for each true μ = u, the u integral on a dense grid); D_μ = 0 where the factor
+    is the Gaussian itself."""
+    from photoinfer import linalg as la
+    from photoinfer.priors.galactic import galactic_params
+    from photoinfer.train.parallax import _neg2_log_factor, integral_correction
+    rng = np.random.default_rng(seed())
+    gal = None if galactic is None else galactic_params(galactic)
+    B = 5
+    with jax.enable_x64(True):
+        for trial in range(6):
+            J = rng.normal(size=(B, 4)) * np.array([1.0, 0.5, 0.3, 0.8])
+            f0 = rng.normal(size=B)
+            Ap = rng.normal(size=(B, B)) * 0.05
+            C_rest = Ap @ Ap.T + 0.02 ** 2 * np.eye(B)
+            Lz = rng.normal(size=(4, 4)) * 0.5
+            Lam = Lz @ Lz.T + 2.0 * np.eye(4)
+            mu_t = 10.0 + rng.uniform(-1, 1)
+            plx_true = 10 ** (2 - mu_t / 5)
+            plx_err = plx_true / rng.uniform(2.0, 8.0)
+            plx = plx_true + plx_err * rng.normal()
+            l, b = 40.0, 20.0
+            mu_lin = mu_t + 0.2 * rng.normal()
+            # the pseudo-observation of Eq. P1 without the prior's curvature (any Gaussian will do): μ', s
+            K = 5 / np.log(10)
+            plx_lin = 10 ** (2 - mu_lin / 5)
+            mu_p, s = mu_lin - K * (plx - plx_lin) / plx_lin, 1.001 * (K * plx_err / plx_lin) ** 2
+            y = f0 + J @ (rng.normal(size=4) * 0.3) + rng.multivariate_normal(np.zeros(B), C_rest)
+            y[0] += mu_t - mu_p  # ŷ₁ = m̂_G − μ' with f₁ = m̂_G − μ_true
+            C = C_rest.copy()
+            C[0, 0] += s
+            W = np.linalg.cholesky(np.linalg.inv(C)).T  # WᵀW = C⁻¹
+            Jz = W @ J
+            H = Jz.T @ Jz + Lam
+            zs = np.linalg.solve(H, Jz.T @ W @ (y - f0))  # the mode
+            r = W @ (y - f0 - J @ zs)
+            lam_fn = lambda u: np.asarray(_neg2_log_factor(jnp.asarray(u), plx, plx_err, l, b, gal))  # noqa: E731
+            c = float(lam_fn(mu_lin)) - (mu_lin - mu_p) ** 2 / s
+            terms = jnp.asarray([mu_p, s, mu_lin, plx, plx_err, l, b, c])
+            D = float(integral_correction(jnp.asarray(r), jnp.asarray(Jz), jnp.asarray(W[:, 0]),
+                                          lambda v: jnp.asarray(np.linalg.solve(H, np.asarray(v))), terms, gal))
+            # reference: for each u, ∫ N(y − e₁(u − μ'); f₀ + Jz, C_rest) e^{−zᵀΛz/2} dz in closed form
+            u = np.linspace(mu_p - 12 * np.sqrt(s) - 3, mu_p + 12 * np.sqrt(s) + 3, 400001)
+            T = C_rest + J @ np.linalg.solve(Lam, J.T)
+            Ti = np.linalg.inv(T)
+            d = (y - f0)[None, :] - np.outer(u - mu_p, np.eye(B)[0])
+            lnG = -0.5 * np.einsum("ni,ij,nj->n", d, Ti, d)
+            du = u[1] - u[0]
+
+            def m2ln(h):
+                m = h.max()
+                return -2 * (m + np.log(np.sum(np.exp(h - m)) * du))
+            ref = m2ln(lnG - 0.5 * lam_fn(u)) - m2ln(lnG - 0.5 * ((u - mu_p) ** 2 / s + c))
+            assert abs(D - ref) < 2e-3 * max(1.0, abs(ref)), (trial, D, ref)
+            # a Gaussian factor is integrated exactly already: no correction
+            terms_g = terms.at[3].set(0.0)
+            if gal is None:  # λ(u) = (10^(2 − u/5)/σ_ϖ)² for ϖ̂ = 0 is no Gaussian; use σ_ϖ → ∞ instead: λ ≡ 0
+                terms_g = terms.at[4].set(1e12).at[7].set(-(mu_lin - mu_p) ** 2 / s)
+                s_inf = 1e6
+                terms_g = terms_g.at[1].set(s_inf).at[7].set(-(mu_lin - mu_p) ** 2 / s_inf)
+                C2 = C_rest.copy()
+                C2[0, 0] += s_inf
+                W2 = np.linalg.cholesky(np.linalg.inv(C2)).T
+                Jz2 = W2 @ J
+                H2 = Jz2.T @ Jz2 + Lam
+                zs2 = np.linalg.solve(H2, Jz2.T @ W2 @ (y - f0))
+                D2 = float(integral_correction(jnp.asarray(W2 @ (y - f0 - J @ zs2)), jnp.asarray(Jz2),
+                                               jnp.asarray(W2[:, 0]), lambda v: jnp.asarray(np.linalg.solve(H2, np.asarray(v))),
+                                               terms_g, None))
+                assert abs(D2) < 1e-3, D2
+            assert float(integral_correction(jnp.asarray(r), jnp.asarray(Jz), jnp.asarray(W[:, 0]), lambda v: v,
+                                             jnp.zeros(8), gal)) == 0.0
