@@ -58,20 +58,25 @@ def joint_objective_terms(params, z, y, W, z_tilde, Lam_x, ivar):
     return r @ r, d @ _lam4(Lam_x, ivar) @ d
 
 
-def log_det_h(params, z, W, Lam_x, ivar, plx=None):
+def log_det_h(params, z, W, Lam_x, ivar, plx=None, y=None, galactic=None, g_prior=None):
     """One star's Laplace term D = ln det (J_zᵀJ_z + Λ) at z (Eq. GN2); with ``plx`` (its row of
-    :func:`~photoinfer.train.parallax.weight_terms`), the parallax's weight at the star's current μ (Eq. P3)."""
+    :func:`~photoinfer.train.parallax.weight_terms`, 3 wide), the parallax's weight at the star's current μ (Eq. P3);
+    with an 8-wide row of :func:`~photoinfer.train.parallax.integral_terms`, the exact μ integral instead (Eq. P4, which
+    needs ŷ ``y``, ``g_prior`` = Λ(z − z̃) and the ``galactic`` model of the distance prior, None without one)."""
     def f(zz):
-        y = network.model_y(params, zz[:3], zz[3])
-        return W @ y, y[0]
+        ym = network.model_y(params, zz[:3], zz[3])
+        return W @ ym, ym
 
-    Jz, f1 = jax.jacfwd(f, has_aux=True)(z)  # (f₁ = A·M_G + E R_G at z, from the same forward pass)
+    Jz, ym = jax.jacfwd(f, has_aux=True)(z)  # (the model's ŷ at z from the same forward pass)
     H = Jz.T @ Jz + _lam4(Lam_x, ivar)
     if plx is None:
         return la.logdet_spd(H)
-    from .parallax import log_det_weight_change
+    from .parallax import integral_correction, log_det_weight_change
     L = la.cholesky(H)
-    return 2.0 * jnp.sum(jnp.log(jnp.diag(L))) + log_det_weight_change(f1, Jz, W[:, 0], lambda u: la.cho_solve(L, u), plx)
+    solve = lambda u: la.cho_solve(L, u)  # noqa: E731
+    extra = (integral_correction(W @ (y - ym), Jz, W[:, 0], _lam4(Lam_x, ivar), g_prior, plx, galactic) if plx.shape[-1] == 8
+             else log_det_weight_change(ym[0], Jz, W[:, 0], solve, plx))
+    return 2.0 * jnp.sum(jnp.log(jnp.diag(L))) + extra
 
 
 def _star_parts(params, z, y, W, z_tilde, Lam_x, ivar):
@@ -127,7 +132,8 @@ def _reg_terms(params, l2, l1, nb):
 
 def gauss_newton_steps(params, z, y, W, z_tilde, Lam_x, ivar, *, n_bands: int, l2: float, l1: float,
                        n_steps: int = 10, n_curvature: int = 16384, batch_size: int = 2048, seed: int = 0,
-                       damping: float = 1e-3, log_det: bool = False, normalizer=None, plx=None, Lam_det=None):
+                       damping: float = 1e-3, log_det: bool = False, normalizer=None, plx=None, Lam_det=None,
+                       galactic=None):
     """``n_steps`` Levenberg–Marquardt steps of Eq. GN1 on the training stars.
 
     Parameters
@@ -139,7 +145,9 @@ def gauss_newton_steps(params, z, y, W, z_tilde, Lam_x, ivar, *, n_bands: int, l
     n_curvature : stars in the subsample that forms S
     log_det : with each star's ln det H_i in F (Eq. GN2)
     plx : None or (n, 3), with ``log_det``: :func:`~photoinfer.train.parallax.weight_terms` of the stars, their
-        parallax's weight in ln det H_i at their current μ (Eq. P3)
+        parallax's weight in ln det H_i at their current μ (Eq. P3); or (n, 8),
+        :func:`~photoinfer.train.parallax.integral_terms`: the exact μ integral (Eq. P4) with the distance prior
+        ``galactic`` (None: none)
     Lam_det : None or (n, 3, 3), with ``log_det``: the θ block of Λ in ln det H_i where it differs from ``Lam_x``
         (:func:`~photoinfer.train.profile.laplace_precisions`)
     normalizer : None or :class:`~photoinfer.train.parallax.Normalizer`: with its weight · Σ 2 ln Z_i in F
@@ -188,7 +196,8 @@ def gauss_newton_steps(params, z, y, W, z_tilde, Lam_x, ivar, *, n_bands: int, l
         p = unravel(wv)
         c, q = jax.vmap(lambda *a: joint_objective_terms(p, *a))(zb, yb, Wb, ztb, Lb, ib)
         if log_det:
-            q = q + jax.vmap(lambda *a: log_det_h(p, *a))(zb, Wb, db, ib, pb)
+            q = q + jax.vmap(lambda *a: log_det_h(p, *a[:6], galactic=galactic, g_prior=_lam4(a[6], a[3]) @ (a[0] - a[7])))(
+                zb, Wb, db, ib, pb, yb, Lb, ztb)
         return jnp.sum(vb * (c + q))
 
     def objective(wv, zall):
@@ -202,11 +211,13 @@ def gauss_newton_steps(params, z, y, W, z_tilde, Lam_x, ivar, *, n_bands: int, l
         r, Jz, Ainv_b, Ainv, b = jax.vmap(lambda *a: _star_parts(p, *a))(zb, yb, Wb, ztb, Lb, ib)
         gD = 0.0
         if log_det:  # Eq. GN2: b_i − ½∇_z D_i, and −½∇_w Σ D_i
-            gz = jax.vmap(jax.grad(lambda zz, *a: log_det_h(p, zz, *a)))(zb, Wb, db, ib, pb)
+            gz = jax.vmap(jax.grad(lambda zz, *a: log_det_h(p, zz, *a[:5], galactic=galactic,
+                                                            g_prior=_lam4(a[5], a[2]) @ (zz - a[6]))))(zb, Wb, db, ib, pb, yb, Lb, ztb)
             Ainv_b = Ainv_b - 0.5 * jnp.einsum("nij,nj->ni", Ainv, gz)
             b = b - 0.5 * gz
-            gD = -0.5 * jax.grad(lambda ww: jnp.sum(vb * jax.vmap(lambda *a: log_det_h(unravel(ww), *a))(
-                zb, Wb, db, ib, pb)))(wv)
+            gD = -0.5 * jax.grad(lambda ww: jnp.sum(vb * jax.vmap(lambda *a: log_det_h(
+                unravel(ww), *a[:6], galactic=galactic, g_prior=_lam4(a[6], a[3]) @ (a[0] - a[7])))(
+                zb, Wb, db, ib, pb, yb, Lb, ztb)))(wv)
         u = (r - jnp.einsum("nbk,nk->nb", Jz, Ainv_b)) * vb[:, None]
         # Σ J_wᵀ u with J_w = W ∂f/∂w: the VJP of w ↦ Σ_i W_i f(w, z_i) with cotangents u_i
         fw = lambda ww: jax.vmap(lambda zz, Wz: Wz @ network.model_y(unravel(ww), zz[:3], zz[3]))(zb, Wb)  # noqa: E731

@@ -120,6 +120,12 @@ class TrainConfig:
         ``latent_theta="marginal"``: the population prior's curvature in each star's Laplace term ln det H — its
         exact ½∇²[−2 ln p] at the star's fitted θ (Eq. X4 of :mod:`~photoinfer.train.population`), or the
         quadratic majorizer's (Eq. X3), which exceeds it where the mixture's components overlap.
+    parallax_integral : {"laplace", "exact"}
+        ``latent_theta="marginal"`` with the parallax residual: how each star's marginal holds its parallax and
+        distance prior — in the Laplace approximation with the parallax's weight at the star's current μ (Eq. P3 of
+        :mod:`photoinfer.train.parallax`), or integrated exactly over μ (Eq. P4: the Laplace term's Gaussian factor
+        replaced by the exact one; removes the faint bias of M_G that the parallax's skew in μ gives the Laplace
+        approximation where a star's θ leaves its μ uncertain, as on the subgiant branch).
     polish_steps, polish_iterations : int
         After the epochs of each of the last ``polish_iterations`` iterations, ``polish_steps``
         full-batch L-BFGS steps on the training loss (:mod:`photoinfer.train.polish`); 0: none.
@@ -155,6 +161,7 @@ class TrainConfig:
     prior_components: int = 48
     prior_stars: int = 60000
     laplace_curvature: str = "majorizer"
+    parallax_integral: str = "laplace"
     gn_steps: int = 0
     gn_curvature: int = 16384
     polish_steps: int = 0
@@ -164,7 +171,7 @@ class TrainConfig:
         from .denoise import DENOISE
         if self.theta_denoise not in DENOISE:
             raise ValueError(f"TrainConfig.theta_denoise must be one of {DENOISE}, not {self.theta_denoise!r}")
-        from .parallax import RESIDUALS
+        from .parallax import INTEGRALS, RESIDUALS
         if self.parallax_residual not in RESIDUALS:
             raise ValueError(f"TrainConfig.parallax_residual must be one of {RESIDUALS}, not {self.parallax_residual!r}")
         if self.distance_prior != "none":
@@ -182,6 +189,12 @@ class TrainConfig:
         if self.laplace_curvature not in ("exact", "majorizer"):
             raise ValueError("TrainConfig.laplace_curvature must be 'exact' or 'majorizer', not "
                              f"{self.laplace_curvature!r}")
+        if self.parallax_integral not in INTEGRALS:
+            raise ValueError(f"TrainConfig.parallax_integral must be one of {INTEGRALS}, not {self.parallax_integral!r}")
+        if self.parallax_integral == "exact" and (self.parallax_residual != "parallax" or self.latent_theta != "marginal"):
+            raise ValueError("TrainConfig.parallax_integral='exact' needs parallax_residual='parallax' and "
+                             "latent_theta='marginal' (it replaces the Gaussian parallax factor of the marginal's "
+                             "Laplace term)")
         if self.latent_theta not in LATENT:
             raise ValueError(f"TrainConfig.latent_theta must be one of {LATENT}, not {self.latent_theta!r}")
         if self.latent_theta != "none" and self.theta_denoise != "none":
@@ -211,7 +224,7 @@ class TrainConfig:
                    "cut_start", "cut_end", "cut_k_end", "n_hidden", "l2_hidden", "l1_extinction",
                    "init_output_bias", "max_cut_fraction", "parallax_residual", "distance_prior", "normalizer_draws",
                    "normalizer_stars", "theta_denoise", "scale_step",
-                   "latent_theta", "latent_steps", "prior_components", "prior_stars", "laplace_curvature", "gn_steps", "gn_curvature", "polish_steps",
+                   "latent_theta", "latent_steps", "prior_components", "prior_stars", "laplace_curvature", "parallax_integral", "gn_steps", "gn_curvature", "polish_steps",
                    "polish_iterations")
 
 
@@ -479,12 +492,18 @@ def train(cat: Catalog, config: TrainConfig = TrainConfig(), *, init: StellarMod
     mu_lin = state.mu_lin
     live_weight = px is not None and cfg.latent_theta == "marginal"  # Eq. P3 of parallax.py
 
+    exact_mu = live_weight and cfg.parallax_integral == "exact"
+    galactic = None
+    if dist_prior is not None:
+        from ..priors.galactic import galactic_params
+        galactic = galactic_params(dist_prior)
+
     def weights_at(mu):
-        """Eq. P3's per-star terms (zeros: no parallax weight at the current μ)."""
+        """Eq. P3's per-star terms (zeros: no parallax weight at the current μ), or Eq. P4's (8 wide)."""
         if not live_weight or mu is None:
-            return jnp.zeros((n, 3), jnp.float32)
-        from .parallax import weight_terms
-        return jnp.asarray(weight_terms(data, px, mu))
+            return jnp.zeros((n, 8 if exact_mu else 3), jnp.float32)
+        from .parallax import integral_terms, weight_terms
+        return jnp.asarray(integral_terms(data, px, mu, galactic) if exact_mu else weight_terms(data, px, mu))
     plx_dev = weights_at(mu_lin)
 
     def cut_data():
@@ -514,17 +533,15 @@ def train(cat: Catalog, config: TrainConfig = TrainConfig(), *, init: StellarMod
     profiled = cfg.latent_theta in ("profile", "marginal")
     if cfg.latent_theta == "marginal":
         prior, prior_info = _population_prior(data, population_members(cat, cfg) & (split == schedule.TRAIN), state, cfg)
-    draws = galactic = None
+    draws = None
     if dist_prior is not None:  # Eq. P2: K fixed draws of p(θ) for the normalization of p(θ | m_G)
-        from ..priors.galactic import galactic_params
         from .population import integration_draws
         draws = jnp.asarray(integration_draws(prior, cfg.normalizer_draws, cfg.seed))
-        galactic = galactic_params(dist_prior)
     if profiled:  # from iteration 1 on (after the first joint fit): the profiled loss
         from functools import partial
 
         from .profile import laplace_precisions, profile_aux, profile_batch_loss, with_population_prior
-        pl = partial(profile_batch_loss, log_det=cfg.latent_theta == "marginal")
+        pl = partial(profile_batch_loss, log_det=cfg.latent_theta == "marginal", galactic=galactic if exact_mu else None)
         profile_fns = (_make_epoch(opt, n_batches, bs, B, cfg.l2_hidden, cfg.l1_extinction, pl),
                        _make_eval(B, cfg.l2_hidden, cfg.l1_extinction, pl))
         measured_arrays = profile_aux(data, state.theta_med, state.theta_std)
@@ -610,7 +627,7 @@ def train(cat: Catalog, config: TrainConfig = TrainConfig(), *, init: StellarMod
                 params, z, y_all[tj], W_dev[tj], jnp.concatenate([xt, E0a[:, None]], axis=1), Lt, iva,
                 n_bands=B, l2=cfg.l2_hidden, l1=cfg.l1_extinction, n_steps=cfg.gn_steps,
                 n_curvature=cfg.gn_curvature, seed=cfg.seed * 1000 + k, log_det=cfg.latent_theta == "marginal",
-                normalizer=z_norm, plx=pla, Lam_det=lda)
+                normalizer=z_norm, plx=pla, Lam_det=lda, galactic=galactic if exact_mu else None)
             theta_fit = np.array(theta_fit)
             theta_fit[train_idx] = np.asarray(state.theta_med) + np.asarray(state.theta_std) * np.asarray(z_new[:, :3], np.float64)
             E = np.array(E, np.float32)

@@ -66,8 +66,10 @@ same kind of error.  In the whitened residuals r = W(ŷ − f) of the Laplace te
 information about the star's distance modulus μ_c = μ' + vᵀr/κ (v = W e₁, κ = vᵀv, μ' the pseudo-observation of
 Eq. P1 with variance s = 1.001 σ'² in C_y) separates exactly:
 
-    H_rest = H − u uᵀ/κ,  u = J_zᵀ v;   μ_c ~ N(m_r, v_r) from the rest:  v_r = a/(κ(κ − a)),  a = uᵀH⁻¹u,
-    m_r = μ_c + v_r κ (μ_c − μ'),   and the true μ ~ N(m_r, V), V = v_r + τ², τ² = 1/κ − s (photometry)
+    H_rest = H − κ w wᵀ = (P J_z)ᵀ(P J_z) + Λ,  w = J_zᵀv/κ,  P = I − vvᵀ/κ;   μ_c ~ N(m_r, v_r) from the rest:
+    v_r = wᵀ H_rest⁻¹ w,
+    m_r = μ_c − wᵀ H_rest⁻¹ g_rest (μ_c at the rest's mode, g_rest its objective's ½ gradient at z; where z is the mode
+    of the whole, m_r = μ_c + v_r κ (μ_c − μ')),   and the true μ ~ N(m_r, V), V = v_r + τ², τ² = 1/κ − s (photometry)
 
 so the Gaussian factor's integral is replaced by the exact one,
 
@@ -85,6 +87,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import linalg as la
 from ..batching import map_batched
 from ..likelihood import LN10, StarData
 from ..model import network
@@ -344,13 +347,14 @@ _P4_T, _P4_W = np.polynomial.hermite_e.hermegauss(16)
 _P4_LOGW = np.log(_P4_W) + 0.5 * _P4_T ** 2
 
 
-def integral_correction(r, Jz, v, solve, terms, galactic=None, newton_steps: int = 4):
+def integral_correction(r, Jz, v, H_prior, g_prior, terms, galactic=None, newton_steps: int = 4):
     """D_μ of Eq. P4 for one star: the exact integral over its distance modulus of the parallax's likelihood and the
     distance prior, minus the Gaussian factor's integral that its Laplace term holds.
 
     Parameters
     ----------
-    r : (B,) whitened residuals W(ŷ − f) at the latent; Jz : (B, 4) W ∂f/∂z; v : (B,) W e₁; solve : u ↦ H⁻¹u
+    r : (B,) whitened residuals W(ŷ − f) at the latent; Jz : (B, 4) W ∂f/∂z; v : (B,) W e₁
+    H_prior : (4, 4) the prior's part Λ of H = J_zᵀJ_z + Λ; g_prior : (4,) ½ the gradient of the prior's term at z
     terms : (8,) a row of :func:`integral_terms` (zeros: no correction)
     galactic : :class:`~photoinfer.priors.galactic.GalacticParams` or None
 
@@ -363,20 +367,22 @@ def integral_correction(r, Jz, v, solve, terms, galactic=None, newton_steps: int
     s = jnp.where(has, s, 1.0)
     plx_err = jnp.where(has, plx_err, 1.0)
     kap = v @ v
-    u = Jz.T @ v
-    a = u @ solve(u)
-    v_r = a / (kap * jnp.maximum(kap - a, 1e-6 * kap))
+    w = Jz.T @ v / kap
+    PJ = Jz - jnp.outer(v, w)  # (I − vvᵀ/κ) J_z: the rows' information without y₁'s (no cancellation in H − κwwᵀ)
+    H_rest = PJ.T @ PJ + (H_prior if H_prior is not None else 0.0)
+    L = la.cholesky(H_rest)
+    v_r = w @ la.cho_solve(L, w)
     V = v_r + jnp.maximum(1.0 / kap - s, 0.0)
     mu_c = mu_p + (v @ r) / kap
-    m_r = mu_c + v_r * kap * (mu_c - mu_p)
+    m_r = mu_c - w @ la.cho_solve(L, PJ.T @ r - g_prior)  # μ_c at the rest's mode (a Gauss–Newton step from z)
     gauss = (m_r - mu_p) ** 2 / (V + s) + jnp.log((V + s) / s) + c
 
     def h(x):
         return (x - m_r) ** 2 / V + _neg2_log_factor(x, plx, plx_err, l, b, galactic)
     dh, d2h = jax.grad(h), jax.grad(jax.grad(h))
 
-    def newton(x, _):
-        return x - dh(x) / jnp.maximum(d2h(x), 1.0 / V), None
+    def newton(x, _):  # (steps of at most 2 mag)
+        return x - jnp.clip(dh(x) / jnp.maximum(d2h(x), 1.0 / V), -2.0, 2.0), None
     x0 = jax.lax.stop_gradient(jax.lax.scan(newton, jax.lax.stop_gradient(mu_c), None, length=newton_steps)[0])
     sd = jax.lax.stop_gradient(jnp.sqrt(2.0 / jnp.maximum(d2h(x0), 1.0 / V)))
     hk = jax.vmap(h)(x0 + sd * jnp.asarray(_P4_T, r.dtype))

@@ -34,7 +34,7 @@ __all__ = ["star_profile_loss", "profile_batch_loss", "standardized_measurement"
 
 
 def star_profile_loss(params, x_star, E_star, x_hat, Lam_x, E0, ivar_E0, y, W, log_det: bool = False, plx=None,
-                      Lam_det=None):
+                      Lam_det=None, galactic=None):
     """One star's profiled loss (module docstring); with ``log_det``, plus ln det H: the Laplace
     approximation of −2 ln ∫ L dθ dE (the marginal likelihood, θ and E integrated instead of profiled).
 
@@ -46,7 +46,9 @@ def star_profile_loss(params, x_star, E_star, x_hat, Lam_x, E0, ivar_E0, y, W, l
     E0, ivar_E0 : () reddening prior mean and 1/σ²_E₀
     y : (B,) ŷ; W : (B, B) photometric whitening factor
     plx : (3,), optional, with ``log_det``: the star's row of :func:`~photoinfer.train.parallax.weight_terms`, the
-        parallax's weight in ln det H at the star's current μ (Eq. P3)
+        parallax's weight in ln det H at the star's current μ (Eq. P3); or (8,), its row of
+        :func:`~photoinfer.train.parallax.integral_terms`: the exact μ integral (Eq. P4) with the distance prior
+        ``galactic`` (None: none)
     Lam_det : (3, 3), optional, with ``log_det``: the θ block of Λ in ln det H, where it differs from ``Lam_x``
         (the exact curvature of the population prior, :func:`laplace_precisions`)
 
@@ -73,17 +75,20 @@ def star_profile_loss(params, x_star, E_star, x_hat, Lam_x, E0, ivar_E0, y, W, l
             L = la.cholesky(H.at[:3, :3].add(Lam_det - Lam_x))
         loss = loss + 2.0 * jnp.sum(jnp.log(jnp.diag(L)))
         if plx is not None:
-            from .parallax import log_det_weight_change
-            loss = loss + log_det_weight_change(ym[0], WJ, W[:, 0], lambda u: la.cho_solve(L, u), plx)
+            from .parallax import integral_correction, log_det_weight_change
+            solve = lambda u: la.cho_solve(L, u)  # noqa: E731
+            H_prior = Lam if Lam_det is None else Lam.at[:3, :3].set(Lam_det)
+            loss = loss + (integral_correction(r0, WJ, W[:, 0], H_prior, -Lam @ d, plx, galactic) if plx.shape[-1] == 8
+                           else log_det_weight_change(ym[0], WJ, W[:, 0], solve, plx))
     return loss, chi2
 
 
 def profile_batch_loss(params, x, E, y, W, w, x_hat, Lam_x, E0, ivar_E0, plx, Lam_det, n_bands: int, l2: float,
-                       l1: float, surrogate=(), log_det: bool = False):
+                       l1: float, surrogate=(), log_det: bool = False, galactic=None):
     """Σ w loss_i/B / Σ w + regularization over a batch (as :func:`~photoinfer.train.loop.batch_loss`).
 
     x, E : the fitted (θ*, E*) (standardized θ); plx (n, 3): :func:`~photoinfer.train.parallax.weight_terms` (zeros:
-    the weights as in W); Lam_det (n, 3, 3): :func:`laplace_precisions` (``Lam_x`` itself: the majorizer's
+    the weights as in W), or (n, 8): :func:`~photoinfer.train.parallax.integral_terms` with ``galactic``; Lam_det (n, 3, 3): :func:`laplace_precisions` (``Lam_x`` itself: the majorizer's
     curvature); the rest per star as :func:`star_profile_loss`.
     surrogate : () or (xs (K, 3), c (K,), d (K,), M0 (K,), R0 (K,), scale): the first-order expansion of the
         training stars' Σ 2 ln Z_i (Eq. P2 of :mod:`photoinfer.train.parallax`) in the network's M_G and R_G
@@ -91,7 +96,8 @@ def profile_batch_loss(params, x, E, y, W, w, x_hat, Lam_x, E0, ivar_E0, plx, La
         every batch's loss (it is a sum over all the stars, already divided by their number × B in scale).
     Returns (loss, data) with data the batch mean of loss_i/B.
     """
-    li, _ = jax.vmap(lambda *a: star_profile_loss(params, *a[:-2], log_det=log_det, plx=a[-2], Lam_det=a[-1]))(
+    li, _ = jax.vmap(lambda *a: star_profile_loss(params, *a[:-2], log_det=log_det, plx=a[-2], Lam_det=a[-1],
+                                                  galactic=galactic))(
         x, E, x_hat, Lam_x, E0, ivar_E0, y, W, plx, Lam_det)
     li = jnp.where(w > 0, li, 0.0)
     data = jnp.sum(w * li) / jnp.maximum(jnp.sum(w), 1.0) / n_bands
