@@ -423,3 +423,19 @@ def test_exact_mu_integral_matches_a_dense_integral(galactic):
                 assert abs(D2) < 1e-3, D2
             assert float(integral_correction(jnp.asarray(r), jnp.asarray(Jz), jnp.asarray(W[:, 0]), jnp.asarray(Lam),
                                              jnp.asarray(Lam @ zs), jnp.zeros(8), gal)) == 0.0
+
+
+def test_exact_mu_integral_is_finite_without_y1():
+    """A star without y₁ (W e₁ = 0) or with all-zero terms gets D_μ = 0 and a finite gradient (a NaN there, masked in
+    the value, would still poison a batch's gradient)."""
+    from photoinfer.priors.galactic import galactic_params
+    from photoinfer.train.parallax import integral_correction
+    rng = np.random.default_rng(seed())
+    Jz = jnp.asarray(rng.normal(size=(5, 4)), jnp.float32)
+    W = jnp.asarray(np.triu(rng.normal(size=(5, 5))) + 3 * np.eye(5), jnp.float32).at[:, 0].set(0.0)
+    terms = jnp.asarray([12.0, 0.04, 12.1, 0.4, 0.05, 30.0, 10.0, 0.0], jnp.float32)
+    for t in (terms, jnp.zeros(8, jnp.float32)):
+        f = lambda J: integral_correction(jnp.ones(5, jnp.float32), J, W[:, 0], jnp.eye(4, dtype=jnp.float32),  # noqa: E731
+                                          jnp.zeros(4, jnp.float32), t, galactic_params("bayestar"))
+        assert float(f(Jz)) == 0.0
+        assert np.isfinite(np.asarray(jax.grad(f)(Jz))).all()

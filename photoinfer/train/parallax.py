@@ -363,28 +363,27 @@ def integral_correction(r, Jz, v, H_prior, g_prior, terms, galactic=None, newton
     () [−2 ln units]
     """
     mu_p, s, mu_lin, plx, plx_err, l, b, c = (terms[i] for i in range(8))
-    has = s > 0
-    s = jnp.where(has, s, 1.0)
-    plx_err = jnp.where(has, plx_err, 1.0)
     kap = v @ v
+    has = (s > 0) & (kap > 0)  # (κ = 0: y₁ unobserved, W e₁ = 0; every masked value kept finite for the gradient)
+    s, plx_err, kap = (jnp.where(has, a, 1.0) for a in (s, plx_err, kap))
     w = Jz.T @ v / kap
     PJ = Jz - jnp.outer(v, w)  # (I − vvᵀ/κ) J_z: the rows' information without y₁'s (no cancellation in H − κwwᵀ)
     H_rest = PJ.T @ PJ + (H_prior if H_prior is not None else 0.0)
     L = la.cholesky(H_rest)
     v_r = w @ la.cho_solve(L, w)
-    V = v_r + jnp.maximum(1.0 / kap - s, 0.0)
+    V = jnp.where(has, jnp.maximum(v_r + jnp.maximum(1.0 / kap - s, 0.0), 1e-8), 1.0)
     mu_c = mu_p + (v @ r) / kap
     m_r = mu_c - w @ la.cho_solve(L, PJ.T @ r - g_prior)  # μ_c at the rest's mode (a Gauss–Newton step from z)
     gauss = (m_r - mu_p) ** 2 / (V + s) + jnp.log((V + s) / s) + c
 
-    def h(x):
-        return (x - m_r) ** 2 / V + _neg2_log_factor(x, plx, plx_err, l, b, galactic)
+    def h(x):  # (distance moduli kept within [−5, 35] mag: finite far outside any star's posterior)
+        return (x - m_r) ** 2 / V + _neg2_log_factor(jnp.clip(x, -5.0, 35.0), plx, plx_err, l, b, galactic)
     dh, d2h = jax.grad(h), jax.grad(jax.grad(h))
 
     def newton(x, _):  # (steps of at most 2 mag)
         return x - jnp.clip(dh(x) / jnp.maximum(d2h(x), 1.0 / V), -2.0, 2.0), None
     x0 = jax.lax.stop_gradient(jax.lax.scan(newton, jax.lax.stop_gradient(mu_c), None, length=newton_steps)[0])
-    sd = jax.lax.stop_gradient(jnp.sqrt(2.0 / jnp.maximum(d2h(x0), 1.0 / V)))
+    sd = jax.lax.stop_gradient(jnp.minimum(jnp.sqrt(2.0 / jnp.maximum(d2h(x0), 1.0 / V)), 5.0))
     hk = jax.vmap(h)(x0 + sd * jnp.asarray(_P4_T, r.dtype))
     exact = (-2.0 * jnp.log(sd) + jnp.log(2.0 * jnp.pi * V)
              - 2.0 * jax.scipy.special.logsumexp(jnp.asarray(_P4_LOGW, r.dtype) - 0.5 * hk))
