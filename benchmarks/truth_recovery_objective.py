@@ -34,7 +34,7 @@ def objective(model, data):
     B = data.y_hat.shape[1]
     _, per_band = jax.jit(lambda p: profile_batch_loss(p, x, jnp.asarray(E), data.y_hat, jnp.asarray(W),
                                                        jnp.asarray(ok, jnp.float32), xh, lam, E0, iv,
-                                                       jnp.zeros((len(E), 3), jnp.float32), lam, B, 0.0, 0.0))(model.params)
+                                                       jnp.zeros((len(E), 3), jnp.float32), B, 0.0, 0.0))(model.params)
     return float(per_band), float(1 - ok.mean())
 
 

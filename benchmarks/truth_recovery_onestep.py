@@ -25,7 +25,6 @@ Objectives (per star; φ(x, E) = ‖W(ŷ − A M(x) − E A R(x))‖² + (x − 
 - ``laplace``: min over (x, E) of φ − 2 ln p(x) + ln det(J_zᵀJ_z + Λ), the population prior p (Eq. X0, fitted
   by the training loop) in Λ through its majorizer (Eq. X3): the objective of ``latent_theta="marginal"`` before
   session 11 (the parallax's weight in ln det frozen at μ_lin; training now takes it at the current μ, Eq. P3);
-- ``laplace_exact``: the same with the exact curvature of −2 ln p in ln det H (Eq. X4) instead of the majorizer's;
 - ``gh<n>``: the marginal −2 ln ∫∫ e^{−φ/2} p(x) dE dx itself, E in closed form (the model is linear in E) and x
   by an n³-node Gauss–Hermite rule on the axes of the Gauss–Newton Laplace posterior of x (n = 1: Laplace).
 
@@ -62,7 +61,6 @@ def objectives(params, prior, nodes_1d):
     from photoinfer.train.gauss_newton import joint_objective_terms, log_det_h
     from photoinfer.train.population import (
         combine_with_measurement,
-        laplace_precision,
         neg2_log_density,
         quadratic_majorizer,
     )
@@ -104,16 +102,6 @@ def objectives(params, prior, nodes_1d):
         zs = jax.lax.stop_gradient(newton(lambda zz: phi4(ws, zz, y, W, xh, L, E0, iv) + logdet(zz, Lp0), z))
         xt, Lt = combine_with_measurement(prior, zs[:3], xh, L)
         return star_profile_loss(unravel(wv), zs[:3], zs[3], xt, Lt, E0, iv, y, W, log_det=True)[0]
-
-    def laplace_exact(wv, z, y, W, xh, L, E0, iv):
-        """``laplace`` with the exact curvature of −2 ln p in ln det H (Eq. X4 of photoinfer/train/population.py,
-        :func:`laplace_precision`) instead of its majorizer's."""
-        ws = jax.lax.stop_gradient(wv)
-        Le0 = jax.lax.stop_gradient(laplace_precision(prior, z[:3], L))
-        zs = jax.lax.stop_gradient(newton(lambda zz: phi4(ws, zz, y, W, xh, L, E0, iv) + log_det_h(unravel(ws), zz, W, Le0, iv), z))
-        xt, Lt = combine_with_measurement(prior, zs[:3], xh, L)
-        Le = jax.lax.stop_gradient(laplace_precision(prior, zs[:3], L))
-        return star_profile_loss(unravel(wv), zs[:3], zs[3], xt, Lt, E0, iv, y, W)[0] + log_det_h(unravel(wv), zs, W, Le, iv)
 
     def g_x(wv, x, y, W, xh, L, E0, iv):
         """−2 ln ∫ e^{−φ/2} dE + ln 2π (E in closed form), as a function of x."""
@@ -157,7 +145,7 @@ def objectives(params, prior, nodes_1d):
             return -2.0 * (jax.scipy.special.logsumexp(lw - 0.5 * vals) + jnp.sum(jnp.log(jnp.diag(Lc))))
         return F
 
-    fns = {"profile": profile, "laplace": laplace, "laplace_exact": laplace_exact, **{f"gh{n}": cubature(n) for n in nodes_1d}}
+    fns = {"profile": profile, "laplace": laplace, **{f"gh{n}": cubature(n) for n in nodes_1d}}
     return w0, unravel, fns
 
 
@@ -215,7 +203,7 @@ def main(argv=None):
     p.add_argument("--n", type=int, default=50000, help="its first N stars (default 50000)")
     p.add_argument("--seed", type=int, default=1, help="training seed (the split; default 1)")
     p.add_argument("--nodes", type=int, nargs="+", default=[1, 3, 5], help="Gauss–Hermite nodes per axis")
-    p.add_argument("--objectives", nargs="+", default=None, help="subset of profile, laplace, laplace_exact, gh<n>")
+    p.add_argument("--objectives", nargs="+", default=None, help="subset of profile, laplace, gh<n>")
     p.add_argument("--compare", nargs="*", default=[], help="saved models (truth_recovery.py --save-model)")
     p.add_argument("--eval-mock", default=str(Path(__file__).resolve().parent / "results" / "cache" / "mock200k_s1.parquet"),
                    help="the mock whose stars' true θ ΔM_G is evaluated at (default the seed-1 200k cache)")

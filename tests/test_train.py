@@ -248,7 +248,22 @@ def test_command_end_to_end_and_resume(tiny, tiny_file, tmp_path, capsys):
 
 def test_command_help():
     r = _run_cli("train", "--help")
-    assert r.returncode == 0 and "checkpoint" in r.stdout and "--init" in r.stdout
+    assert r.returncode == 0 and "checkpoint" in r.stdout and "--init" in r.stdout and "--parallax-integral" in r.stdout
+
+
+def test_command_options_reach_the_config():
+    """Every option of `photoinfer train` that selects the method lands in its TrainConfig field."""
+    import argparse
+
+    from photoinfer.commands import train as cmd
+    p = argparse.ArgumentParser()
+    cmd.add_arguments(p)
+    a = p.parse_args(["--catalog", "c", "--out", "m.h5", "--latent-theta", "marginal", "--parallax-residual", "parallax",
+                      "--distance-prior", "bayestar", "--parallax-integral", "exact", "--gn-steps", "5"])
+    assert "--parallax-integral exact" in cmd._argv(a)
+    cfg = cmd.config_from_args(a)
+    assert (cfg.latent_theta, cfg.parallax_residual, cfg.distance_prior, cfg.parallax_integral, cfg.gn_steps) == (
+        "marginal", "parallax", "bayestar", "exact", 5)
 
 
 def test_example_runs_tiny(tmp_path):

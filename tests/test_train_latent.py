@@ -148,6 +148,9 @@ def test_polish_reaches_the_minimum_adam_leaves(released_model, tiny):
     ({"latent_theta": "marginal", "parallax_residual": "parallax", "distance_prior": "besancon"}, "Galactic parameter set"),
     ({"latent_theta": "marginal", "prior_components": 0}, "prior_components"),
     ({"latent_theta": "marginal", "prior_stars": 0}, "prior_stars"),
+    ({"latent_theta": "marginal", "parallax_residual": "parallax", "parallax_integral": "gauss"}, "parallax_integral"),
+    ({"latent_theta": "profile", "parallax_residual": "parallax", "parallax_integral": "exact"}, "parallax_integral"),
+    ({"latent_theta": "marginal", "parallax_integral": "exact"}, "parallax_integral"),
 ])
 def test_latent_config_checks(kwargs, match):
     with pytest.raises(ValueError, match=match):

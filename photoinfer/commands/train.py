@@ -26,6 +26,10 @@ parallax, no log bias (docs/training.md).  The default, magnitude, is the paper'
 distribution of distances along each star's sightline (that Galactic model) to its likelihood:
 where theta is uncertain, at a given apparent magnitude the distant, luminous stars are the more
 numerous; the prior's normalization keeps the selection on magnitude out (docs/training.md).
+--parallax-integral exact (with --latent-theta marginal) integrates each star's parallax likelihood and
+distance prior exactly over its distance instead of in the Laplace approximation, whose Gaussian misses
+the parallax's skew in distance and makes M_G too faint where theta leaves the distance uncertain (the
+subgiants; docs/training.md, Eq. P4).
 
 --latent-theta profile fits every star's theta and E with the network (the joint objective:
 photometry, theta measurement and reddening prior), each step's loss having them profiled out
@@ -55,7 +59,7 @@ examples:
   photoinfer train --catalog mock.parquet --out m.h5 --latent-theta profile --parallax-residual parallax --scale-step
   photoinfer train --catalog mock.parquet --out m.h5 --latent-theta profile --gn-steps 5 --parallax-residual parallax --scale-step
   # the best measured on 200,000 stars (docs/benchmarks.md):
-  photoinfer train --catalog mock.parquet --out m.h5 --latent-theta marginal --gn-steps 5 --distance-prior bayestar --parallax-residual parallax --scale-step --regularization 0.1
+  photoinfer train --catalog mock.parquet --out m.h5 --latent-theta marginal --gn-steps 5 --distance-prior bayestar --parallax-residual parallax --parallax-integral exact --scale-step --regularization 0.1
 """
 
 
@@ -89,6 +93,10 @@ def add_arguments(p) -> None:
     p.add_argument("--distance-prior", choices=("none", "bayestar", "brutus"), default="none",
                    help="with --parallax-residual parallax and --latent-theta marginal: the Galactic model whose distribution of distances "
                         "along each sightline joins every star's likelihood (default none; see docs/training.md)")
+    p.add_argument("--parallax-integral", choices=("laplace", "exact"), default="laplace",
+                   help="with --latent-theta marginal and --parallax-residual parallax: each star's parallax likelihood "
+                        "and distance prior in the Laplace approximation (default) or integrated exactly over its "
+                        "distance (removes the Laplace approximation's faint bias of M_G; see docs/training.md)")
     p.add_argument("--gn-steps", type=int, default=0, metavar="N",
                    help="with --latent-theta profile or marginal: N joint Gauss-Newton steps on the network and "
                         "every training star's theta and E after each iteration's epochs (from iteration 1; "
@@ -126,7 +134,7 @@ def run(args) -> int:
     from ..io.catalogs import read_catalog
     from ..io.checkpoints import catalog_fingerprint, check_compatible, load_checkpoint, save_checkpoint
     from ..io.models import load_model, save_model
-    from ..train import TrainConfig, train
+    from ..train import train
     from . import log, print_json
 
     out = Path(args.out)
@@ -134,13 +142,7 @@ def run(args) -> int:
         raise FileNotFoundError(f"the directory of --out {out} does not exist")
     cat = read_catalog(args.catalog)
     log.info("catalog: %s, %d stars", args.catalog, len(cat))
-    config = TrainConfig(iterations=args.iterations, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-                         parallax_residual=args.parallax_residual, distance_prior=args.distance_prior,
-                         theta_denoise=args.theta_denoise,
-                         scale_step=args.scale_step, latent_theta=args.latent_theta,
-                         polish_steps=args.polish_steps, polish_iterations=args.polish_iterations,
-                         gn_steps=args.gn_steps, l2_hidden=TrainConfig.l2_hidden * args.regularization,
-                         l1_extinction=TrainConfig.l1_extinction * args.regularization)
+    config = config_from_args(args)
     init = load_model(args.init) if args.init else None
     fingerprint = catalog_fingerprint(cat)
     ckdir = checkpoint_dir(out)
@@ -194,6 +196,18 @@ def run(args) -> int:
     return 0
 
 
+def config_from_args(args):
+    """The :class:`~photoinfer.train.TrainConfig` of the parsed options."""
+    from ..train import TrainConfig
+    return TrainConfig(iterations=args.iterations, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
+                       parallax_residual=args.parallax_residual, distance_prior=args.distance_prior,
+                       parallax_integral=args.parallax_integral, theta_denoise=args.theta_denoise,
+                       scale_step=args.scale_step, latent_theta=args.latent_theta,
+                       polish_steps=args.polish_steps, polish_iterations=args.polish_iterations,
+                       gn_steps=args.gn_steps, l2_hidden=TrainConfig.l2_hidden * args.regularization,
+                       l1_extinction=TrainConfig.l1_extinction * args.regularization)
+
+
 def _argv(args):
     parts = [f"--catalog {args.catalog}", f"--out {args.out}", f"--iterations {args.iterations}",
              f"--epochs {args.epochs}", f"--batch-size {args.batch_size}", f"--seed {args.seed}"]
@@ -201,6 +215,8 @@ def _argv(args):
         parts.append(f"--parallax-residual {args.parallax_residual}")
     if args.distance_prior != "none":
         parts.append(f"--distance-prior {args.distance_prior}")
+    if args.parallax_integral != "laplace":
+        parts.append(f"--parallax-integral {args.parallax_integral}")
     if args.theta_denoise != "none":
         parts.append(f"--theta-denoise {args.theta_denoise}")
     if args.scale_step:

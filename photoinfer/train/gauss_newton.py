@@ -132,8 +132,7 @@ def _reg_terms(params, l2, l1, nb):
 
 def gauss_newton_steps(params, z, y, W, z_tilde, Lam_x, ivar, *, n_bands: int, l2: float, l1: float,
                        n_steps: int = 10, n_curvature: int = 16384, batch_size: int = 2048, seed: int = 0,
-                       damping: float = 1e-3, log_det: bool = False, normalizer=None, plx=None, Lam_det=None,
-                       galactic=None):
+                       damping: float = 1e-3, log_det: bool = False, normalizer=None, plx=None, galactic=None):
     """``n_steps`` Levenberg–Marquardt steps of Eq. GN1 on the training stars.
 
     Parameters
@@ -148,8 +147,6 @@ def gauss_newton_steps(params, z, y, W, z_tilde, Lam_x, ivar, *, n_bands: int, l
         parallax's weight in ln det H_i at their current μ (Eq. P3); or (n, 8),
         :func:`~photoinfer.train.parallax.integral_terms`: the exact μ integral (Eq. P4) with the distance prior
         ``galactic`` (None: none)
-    Lam_det : None or (n, 3, 3), with ``log_det``: the θ block of Λ in ln det H_i where it differs from ``Lam_x``
-        (:func:`~photoinfer.train.profile.laplace_precisions`)
     normalizer : None or :class:`~photoinfer.train.parallax.Normalizer`: with its weight · Σ 2 ln Z_i in F
         (Eq. P2; a subsample of the training stars)
 
@@ -167,9 +164,8 @@ def gauss_newton_steps(params, z, y, W, z_tilde, Lam_x, ivar, *, n_bands: int, l
     n_batches = -(-n // bs)
     pad = n_batches * bs - n
     args = [jnp.asarray(np.concatenate([np.asarray(a), np.repeat(np.asarray(a)[:1], pad, 0)]))
-            for a in (z, y, W, z_tilde, Lam_x, ivar, np.zeros((n, 3), np.float32) if plx is None else plx,
-                      Lam_x if Lam_det is None else Lam_det)]
-    _, _, W_all, _, L_all, iv_all, _, _ = args
+            for a in (z, y, W, z_tilde, Lam_x, ivar, np.zeros((n, 3), np.float32) if plx is None else plx)]
+    _, _, W_all, _, L_all, iv_all, _ = args
     valid = jnp.asarray(np.r_[np.ones(n), np.zeros(pad)], jnp.float32)
     if normalizer is not None:  # Σ 2 ln Z_i over its stars, × their weight, in chunks (Eq. P2)
         from .parallax import log_normalizer
@@ -192,12 +188,12 @@ def gauss_newton_steps(params, z, y, W, z_tilde, Lam_x, ivar, *, n_bands: int, l
         return [fn(*(a[i * bs:(i + 1) * bs] for a in arrays)) for i in range(n_batches)]
 
     @jax.jit
-    def objective_batch(wv, zb, yb, Wb, ztb, Lb, ib, pb, db, vb):
+    def objective_batch(wv, zb, yb, Wb, ztb, Lb, ib, pb, vb):
         p = unravel(wv)
         c, q = jax.vmap(lambda *a: joint_objective_terms(p, *a))(zb, yb, Wb, ztb, Lb, ib)
         if log_det:
-            q = q + jax.vmap(lambda *a: log_det_h(p, *a[:6], galactic=galactic, g_prior=_lam4(a[6], a[3]) @ (a[0] - a[7])))(
-                zb, Wb, db, ib, pb, yb, Lb, ztb)
+            q = q + jax.vmap(lambda *a: log_det_h(p, *a[:6], galactic=galactic, g_prior=_lam4(a[2], a[3]) @ (a[0] - a[6])))(
+                zb, Wb, Lb, ib, pb, yb, ztb)
         return jnp.sum(vb * (c + q))
 
     def objective(wv, zall):
@@ -206,18 +202,18 @@ def gauss_newton_steps(params, z, y, W, z_tilde, Lam_x, ivar, *, n_bands: int, l
         return data + nb * float(network.regularization(p, l2, l1))
 
     @jax.jit
-    def gradient_batch(wv, zb, yb, Wb, ztb, Lb, ib, pb, db, vb):
+    def gradient_batch(wv, zb, yb, Wb, ztb, Lb, ib, pb, vb):
         p = unravel(wv)
         r, Jz, Ainv_b, Ainv, b = jax.vmap(lambda *a: _star_parts(p, *a))(zb, yb, Wb, ztb, Lb, ib)
         gD = 0.0
         if log_det:  # Eq. GN2: b_i − ½∇_z D_i, and −½∇_w Σ D_i
             gz = jax.vmap(jax.grad(lambda zz, *a: log_det_h(p, zz, *a[:5], galactic=galactic,
-                                                            g_prior=_lam4(a[5], a[2]) @ (zz - a[6]))))(zb, Wb, db, ib, pb, yb, Lb, ztb)
+                                                            g_prior=_lam4(a[1], a[2]) @ (zz - a[5]))))(zb, Wb, Lb, ib, pb, yb, ztb)
             Ainv_b = Ainv_b - 0.5 * jnp.einsum("nij,nj->ni", Ainv, gz)
             b = b - 0.5 * gz
             gD = -0.5 * jax.grad(lambda ww: jnp.sum(vb * jax.vmap(lambda *a: log_det_h(
-                unravel(ww), *a[:6], galactic=galactic, g_prior=_lam4(a[6], a[3]) @ (a[0] - a[7])))(
-                zb, Wb, db, ib, pb, yb, Lb, ztb)))(wv)
+                unravel(ww), *a[:6], galactic=galactic, g_prior=_lam4(a[2], a[3]) @ (a[0] - a[6])))(
+                zb, Wb, Lb, ib, pb, yb, ztb)))(wv)
         u = (r - jnp.einsum("nbk,nk->nb", Jz, Ainv_b)) * vb[:, None]
         # Σ J_wᵀ u with J_w = W ∂f/∂w: the VJP of w ↦ Σ_i W_i f(w, z_i) with cotangents u_i
         fw = lambda ww: jax.vmap(lambda zz, Wz: Wz @ network.model_y(unravel(ww), zz[:3], zz[3]))(zb, Wb)  # noqa: E731

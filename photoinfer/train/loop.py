@@ -116,10 +116,6 @@ class TrainConfig:
         fitted to (a seeded subsample above that; 60000).  Its fit is shared by every star (one mixture), so its
         error does not average out over the stars: measured, the mixture's EM start alone moves M_G by 0.005 mag
         rms (docs/benchmarks.md, session 12).
-    laplace_curvature : {"exact", "majorizer"}
-        ``latent_theta="marginal"``: the population prior's curvature in each star's Laplace term ln det H — its
-        exact ½∇²[−2 ln p] at the star's fitted θ (Eq. X4 of :mod:`~photoinfer.train.population`), or the
-        quadratic majorizer's (Eq. X3), which exceeds it where the mixture's components overlap.
     parallax_integral : {"laplace", "exact"}
         ``latent_theta="marginal"`` with the parallax residual: how each star's marginal holds its parallax and
         distance prior — in the Laplace approximation with the parallax's weight at the star's current μ (Eq. P3 of
@@ -160,7 +156,6 @@ class TrainConfig:
     latent_steps: int = 5
     prior_components: int = 48
     prior_stars: int = 60000
-    laplace_curvature: str = "majorizer"
     parallax_integral: str = "laplace"
     gn_steps: int = 0
     gn_curvature: int = 16384
@@ -186,9 +181,6 @@ class TrainConfig:
         if not (self.l2_hidden >= 0 and self.l1_extinction >= 0):
             raise ValueError(f"TrainConfig: the regularization must be >= 0, got l2_hidden = {self.l2_hidden}, "
                              f"l1_extinction = {self.l1_extinction}")
-        if self.laplace_curvature not in ("exact", "majorizer"):
-            raise ValueError("TrainConfig.laplace_curvature must be 'exact' or 'majorizer', not "
-                             f"{self.laplace_curvature!r}")
         if self.parallax_integral not in INTEGRALS:
             raise ValueError(f"TrainConfig.parallax_integral must be one of {INTEGRALS}, not {self.parallax_integral!r}")
         if self.parallax_integral == "exact" and (self.parallax_residual != "parallax" or self.latent_theta != "marginal"):
@@ -224,7 +216,7 @@ class TrainConfig:
                    "cut_start", "cut_end", "cut_k_end", "n_hidden", "l2_hidden", "l1_extinction",
                    "init_output_bias", "max_cut_fraction", "parallax_residual", "distance_prior", "normalizer_draws",
                    "normalizer_stars", "theta_denoise", "scale_step",
-                   "latent_theta", "latent_steps", "prior_components", "prior_stars", "laplace_curvature", "parallax_integral", "gn_steps", "gn_curvature", "polish_steps",
+                   "latent_theta", "latent_steps", "prior_components", "prior_stars", "parallax_integral", "gn_steps", "gn_curvature", "polish_steps",
                    "polish_iterations")
 
 
@@ -540,19 +532,13 @@ def train(cat: Catalog, config: TrainConfig = TrainConfig(), *, init: StellarMod
     if profiled:  # from iteration 1 on (after the first joint fit): the profiled loss
         from functools import partial
 
-        from .profile import laplace_precisions, profile_aux, profile_batch_loss, with_population_prior
+        from .profile import profile_aux, profile_batch_loss, with_population_prior
         pl = partial(profile_batch_loss, log_det=cfg.latent_theta == "marginal", galactic=galactic if exact_mu else None)
         profile_fns = (_make_epoch(opt, n_batches, bs, B, cfg.l2_hidden, cfg.l1_extinction, pl),
                        _make_eval(B, cfg.l2_hidden, cfg.l1_extinction, pl))
         measured_arrays = profile_aux(data, state.theta_med, state.theta_std)
-
-        def prior_arrays(x):
-            """The profiled loss's per-star (x̃, Λ̃, E₀, 1/σ²_E₀) and the θ block of Λ in its ln det H."""
-            if prior is None or theta_fit is None:
-                return measured_arrays, measured_arrays[1]
-            return (with_population_prior(measured_arrays, prior, x),
-                    laplace_precisions(measured_arrays, prior, x, cfg.laplace_curvature))
-        profile_arrays, lam_det = prior_arrays(x_all)
+        profile_arrays = (measured_arrays if prior is None or theta_fit is None
+                          else with_population_prior(measured_arrays, prior, x_all))
     val_idx = jnp.asarray(val_pool if len(val_pool) else train_pool[:1], jnp.int32)
     rng = np.random.default_rng()
     rng.bit_generator.state = state.rng_state
@@ -575,7 +561,7 @@ def train(cat: Catalog, config: TrainConfig = TrainConfig(), *, init: StellarMod
         E_dev = jnp.asarray(E, jnp.float32)
         y_all = data.y_hat
         if profiled and theta_fit is not None:
-            (epoch_fn, eval_fn), loss_fn, aux = profile_fns, pl, (*profile_arrays, plx_dev, lam_det)
+            (epoch_fn, eval_fn), loss_fn, aux = profile_fns, pl, (*profile_arrays, plx_dev)
         else:
             (epoch_fn, eval_fn), loss_fn, aux = plain_fns, None, ()
         train_idx = train_pool[included[train_pool]]
@@ -622,12 +608,12 @@ def train(cat: Catalog, config: TrainConfig = TrainConfig(), *, init: StellarMod
             tg = time.perf_counter()
             tj = jnp.asarray(train_idx, jnp.int32)
             z = jnp.concatenate([x_all[tj], E_dev[tj][:, None]], axis=1)
-            xt, Lt, E0a, iva, pla, lda = (a[tj] for a in aux)
+            xt, Lt, E0a, iva, pla = (a[tj] for a in aux)
             params, z_new, gh = gauss_newton_steps(
                 params, z, y_all[tj], W_dev[tj], jnp.concatenate([xt, E0a[:, None]], axis=1), Lt, iva,
                 n_bands=B, l2=cfg.l2_hidden, l1=cfg.l1_extinction, n_steps=cfg.gn_steps,
                 n_curvature=cfg.gn_curvature, seed=cfg.seed * 1000 + k, log_det=cfg.latent_theta == "marginal",
-                normalizer=z_norm, plx=pla, Lam_det=lda, galactic=galactic if exact_mu else None)
+                normalizer=z_norm, plx=pla, galactic=galactic if exact_mu else None)
             theta_fit = np.array(theta_fit)
             theta_fit[train_idx] = np.asarray(state.theta_med) + np.asarray(state.theta_std) * np.asarray(z_new[:, :3], np.float64)
             E = np.array(E, np.float32)
@@ -674,7 +660,7 @@ def train(cat: Catalog, config: TrainConfig = TrainConfig(), *, init: StellarMod
                                                                       cut_data())
             x_all = standardized(theta_fit)
             if profiled and prior is not None:
-                profile_arrays, lam_det = prior_arrays(x_all)
+                profile_arrays = with_population_prior(measured_arrays, prior, x_all)
         else:
             E_new, var_new, W_host, red, _ = rebuild_all(params, med32, std32, data, cfg.rebuild_batch_size)
         W_dev = jnp.asarray(W_host)

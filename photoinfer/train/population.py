@@ -25,13 +25,7 @@ itself takes) is
     −2 ln p(x) ≤ (x − c)ᵀ Λ_p (x − c) + const,   Λ_p = Σ_k r_k V_k⁻¹,   c = Λ_p⁻¹ Σ_k r_k V_k⁻¹ m_k   (Eq. X3)
 
 with equality and equal gradient at x = x*: the Levenberg–Marquardt steps of the per-star fit and the
-second-order profile of the loss use it in place of the exact term.  Its curvature exceeds the exact one,
-
-    ½ ∇²[−2 ln p](x) = Λ_p − K,   K = Σ_k r_k g_k g_kᵀ − ḡ ḡᵀ,   g_k = V_k⁻¹ (x − m_k),  ḡ = Σ_k r_k g_k     (Eq. X4)
-
-by K ⪰ 0, the covariance of the components' gradients under the responsibilities: large where components of
-different means overlap (the gaps of the density, such as the subgiant branch between the main sequence and
-the giants), zero inside one component.
+second-order profile of the loss use it in place of the exact term.
 """
 from __future__ import annotations
 
@@ -42,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = ["PopulationPrior", "xd_e_step", "xd_m_step", "fit_population", "neg2_log_density",
-           "quadratic_majorizer", "curvature_excess", "laplace_precision", "combine_with_measurement"]
+           "quadratic_majorizer", "combine_with_measurement"]
 
 LOG2PI = float(np.log(2 * np.pi))
 
@@ -203,30 +197,6 @@ def quadratic_majorizer(prior: PopulationPrior, x):
     lnN, Vi = _log_normal(x[None], prior.means, prior.covs)
     r = jax.nn.softmax(jnp.log(prior.weights) + lnN)
     return jnp.einsum("k,kij->ij", r, Vi), jnp.einsum("k,kij,kj->i", r, Vi, prior.means)
-
-
-def curvature_excess(prior: PopulationPrior, x):
-    """K (3, 3) of Eq. X4 at x (3,): the majorizer's curvature Λ_p minus the exact ½ ∇²[−2 ln p](x) (K ⪰ 0)."""
-    lnN, Vi = _log_normal(x[None], prior.means, prior.covs)
-    r = jax.nn.softmax(jnp.log(prior.weights) + lnN)
-    g = jnp.einsum("kij,kj->ki", Vi, x[None] - prior.means)
-    gm = r @ g
-    d = g - gm[None]
-    return jnp.einsum("k,ki,kj->ij", r, d, d)
-
-
-def laplace_precision(prior: PopulationPrior, x, Lam, floor: float = 0.1):
-    """The θ block of the Laplace term's H at x (3,): the measurement's precision ``Lam`` (3, 3) plus the exact
-    ½ ∇²[−2 ln p] = Λ_p − K (Eq. X4), with K shrunk (by s ≤ 1) where needed so that the sum stays ⪰ ``floor``·Lam.
-
-    Where −2 ln p is concave enough to outweigh the measurement (a star deep in a gap of the density, its
-    posterior bimodal) no Gaussian fits the integral; the floor keeps H positive definite there."""
-    Lp, _ = quadratic_majorizer(prior, x)
-    K = curvature_excess(prior, x)
-    C = jnp.linalg.cholesky((1.0 - floor) * Lam + Lp)
-    M = jax.scipy.linalg.solve_triangular(C, jax.scipy.linalg.solve_triangular(C, K, lower=True).T, lower=True)
-    s = jnp.minimum(1.0, 1.0 / jnp.maximum(jnp.linalg.eigvalsh(0.5 * (M + M.T))[-1], 1e-30))
-    return Lam + Lp - s * K
 
 
 def combine_with_measurement(prior: PopulationPrior, x_at, x_hat, Lam):

@@ -30,11 +30,11 @@ from .. import linalg as la
 from ..model import network
 
 __all__ = ["star_profile_loss", "profile_batch_loss", "standardized_measurement", "profile_aux",
-           "with_population_prior", "laplace_precisions"]
+           "with_population_prior"]
 
 
 def star_profile_loss(params, x_star, E_star, x_hat, Lam_x, E0, ivar_E0, y, W, log_det: bool = False, plx=None,
-                      Lam_det=None, galactic=None):
+                      galactic=None):
     """One star's profiled loss (module docstring); with ``log_det``, plus ln det H: the Laplace
     approximation of −2 ln ∫ L dθ dE (the marginal likelihood, θ and E integrated instead of profiled).
 
@@ -49,8 +49,6 @@ def star_profile_loss(params, x_star, E_star, x_hat, Lam_x, E0, ivar_E0, y, W, l
         parallax's weight in ln det H at the star's current μ (Eq. P3); or (8,), its row of
         :func:`~photoinfer.train.parallax.integral_terms`: the exact μ integral (Eq. P4) with the distance prior
         ``galactic`` (None: none)
-    Lam_det : (3, 3), optional, with ``log_det``: the θ block of Λ in ln det H, where it differs from ``Lam_x``
-        (the exact curvature of the population prior, :func:`laplace_precisions`)
 
     Returns
     -------
@@ -71,34 +69,30 @@ def star_profile_loss(params, x_star, E_star, x_hat, Lam_x, E0, ivar_E0, y, W, l
     L = la.cholesky(H)
     loss = chi2 + d @ Lam @ d - g @ la.cho_solve(L, g)
     if log_det:
-        if Lam_det is not None:
-            L = la.cholesky(H.at[:3, :3].add(Lam_det - Lam_x))
         loss = loss + 2.0 * jnp.sum(jnp.log(jnp.diag(L)))
         if plx is not None:
             from .parallax import integral_correction, log_det_weight_change
             solve = lambda u: la.cho_solve(L, u)  # noqa: E731
-            H_prior = Lam if Lam_det is None else Lam.at[:3, :3].set(Lam_det)
-            loss = loss + (integral_correction(r0, WJ, W[:, 0], H_prior, -Lam @ d, plx, galactic) if plx.shape[-1] == 8
+            loss = loss + (integral_correction(r0, WJ, W[:, 0], Lam, -Lam @ d, plx, galactic) if plx.shape[-1] == 8
                            else log_det_weight_change(ym[0], WJ, W[:, 0], solve, plx))
     return loss, chi2
 
 
-def profile_batch_loss(params, x, E, y, W, w, x_hat, Lam_x, E0, ivar_E0, plx, Lam_det, n_bands: int, l2: float,
-                       l1: float, surrogate=(), log_det: bool = False, galactic=None):
+def profile_batch_loss(params, x, E, y, W, w, x_hat, Lam_x, E0, ivar_E0, plx, n_bands: int, l2: float, l1: float,
+                       surrogate=(), log_det: bool = False, galactic=None):
     """Σ w loss_i/B / Σ w + regularization over a batch (as :func:`~photoinfer.train.loop.batch_loss`).
 
     x, E : the fitted (θ*, E*) (standardized θ); plx (n, 3): :func:`~photoinfer.train.parallax.weight_terms` (zeros:
-    the weights as in W), or (n, 8): :func:`~photoinfer.train.parallax.integral_terms` with ``galactic``; Lam_det (n, 3, 3): :func:`laplace_precisions` (``Lam_x`` itself: the majorizer's
-    curvature); the rest per star as :func:`star_profile_loss`.
+    the weights as in W), or (n, 8): :func:`~photoinfer.train.parallax.integral_terms` with ``galactic``; the rest
+    per star as :func:`star_profile_loss`.
     surrogate : () or (xs (K, 3), c (K,), d (K,), M0 (K,), R0 (K,), scale): the first-order expansion of the
         training stars' Σ 2 ln Z_i (Eq. P2 of :mod:`photoinfer.train.parallax`) in the network's M_G and R_G
         at the population draws xs, scale · Σ_k c_k (M_G(x_k) − M0_k) + d_k (R_G(x_k) − R0_k), added whole to
         every batch's loss (it is a sum over all the stars, already divided by their number × B in scale).
     Returns (loss, data) with data the batch mean of loss_i/B.
     """
-    li, _ = jax.vmap(lambda *a: star_profile_loss(params, *a[:-2], log_det=log_det, plx=a[-2], Lam_det=a[-1],
-                                                  galactic=galactic))(
-        x, E, x_hat, Lam_x, E0, ivar_E0, y, W, plx, Lam_det)
+    li, _ = jax.vmap(lambda *a: star_profile_loss(params, *a[:-1], log_det=log_det, plx=a[-1], galactic=galactic))(
+        x, E, x_hat, Lam_x, E0, ivar_E0, y, W, plx)
     li = jnp.where(w > 0, li, 0.0)
     data = jnp.sum(w * li) / jnp.maximum(jnp.sum(w), 1.0) / n_bands
     loss = data + network.regularization(params, l2, l1)
@@ -148,21 +142,3 @@ def with_population_prior(aux, prior, x_star, batch_size: int = 65536):
     xt, Lt = map_batched(lambda a: _combine(prior, *a), (x_star, x_hat, lam), batch_size)
     return jnp.asarray(xt, jnp.float32), jnp.asarray(Lt, jnp.float32), E0, ivar
 
-
-@jax.jit
-def _laplace_precision(prior, x_at, lam):
-    from .population import laplace_precision
-    return jax.vmap(lambda a, b: laplace_precision(prior, a, b))(x_at, lam)
-
-
-def laplace_precisions(aux, prior, x_star, curvature: str = "exact", batch_size: int = 65536):
-    """The θ block of each star's Λ in its Laplace term ln det H, (N, 3, 3) float32: the measurement's precision
-    plus the population prior's curvature at the fitted ``x_star`` (N, 3) — its exact ½∇²[−2 ln p] (``"exact"``,
-    Eq. X4 of :mod:`~photoinfer.train.population`: −2 ln ∫ e^{−φ/2} to second order about the mode) or its
-    majorizer's Λ_p (``"majorizer"``, larger by K ⪰ 0 where the mixture's components overlap).  ``aux`` is
-    :func:`profile_aux`'s."""
-    from ..batching import map_batched
-    x_hat, lam, E0, ivar = aux
-    if curvature == "majorizer":
-        return with_population_prior(aux, prior, x_star, batch_size)[1]
-    return jnp.asarray(map_batched(lambda a: _laplace_precision(prior, *a), (x_star, lam), batch_size), jnp.float32)
