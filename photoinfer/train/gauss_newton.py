@@ -30,7 +30,7 @@ alone biases M_G: measured 0.148 mag from the truth).  D is not a sum of squares
 the right-hand sides (b_i → b_i − ½∇_z D_i, g → g − ½∇_w Σ D_i) while its curvature is left out of the
 Gauss–Newton matrix — a preconditioned gradient step on the small term, still accepted only if the whole
 F falls (Eq. GN2); H_i has the parallax's weight at the star's current μ (``plx``: Eq. P3 of
-:mod:`photoinfer.train.parallax`).  With a distance prior, F has Σ_i 2 ln Z_i(w) too (Eq. P2 of
+:mod:`photoinfer.train.parallax`), or D_i adds the exact integral over the star's distance (Eq. P4).  With a distance prior, F has Σ_i 2 ln Z_i(w) too (Eq. P2 of
 :mod:`photoinfer.train.parallax`, ``normalizer``), which depends on the network alone: its gradient joins
 g the same way.
 """
