@@ -58,24 +58,24 @@ def joint_objective_terms(params, z, y, W, z_tilde, Lam_x, ivar):
     return r @ r, d @ _lam4(Lam_x, ivar) @ d
 
 
-def log_det_h(params, z, W, Lam_x, ivar, plx=None, y=None, galactic=None, g_prior=None):
+def log_det_h(params, z, W, Lam_x, ivar, plx=None, y=None, z_tilde=None, galactic=None):
     """One star's Laplace term D = ln det (J_zᵀJ_z + Λ) at z (Eq. GN2); with ``plx`` (its row of
     :func:`~photoinfer.train.parallax.weight_terms`, 3 wide), the parallax's weight at the star's current μ (Eq. P3);
     with an 8-wide row of :func:`~photoinfer.train.parallax.integral_terms`, the exact μ integral instead (Eq. P4, which
-    needs ŷ ``y``, ``g_prior`` = Λ(z − z̃) and the ``galactic`` model of the distance prior, None without one)."""
+    needs ŷ ``y``, the prior's centre ``z_tilde`` and the ``galactic`` model of the distance prior, None without one)."""
     def f(zz):
         ym = network.model_y(params, zz[:3], zz[3])
         return W @ ym, ym
 
     Jz, ym = jax.jacfwd(f, has_aux=True)(z)  # (the model's ŷ at z from the same forward pass)
-    H = Jz.T @ Jz + _lam4(Lam_x, ivar)
+    Lam = _lam4(Lam_x, ivar)
+    H = Jz.T @ Jz + Lam
     if plx is None:
         return la.logdet_spd(H)
     from .parallax import integral_correction, log_det_weight_change
     L = la.cholesky(H)
-    solve = lambda u: la.cho_solve(L, u)  # noqa: E731
-    extra = (integral_correction(W @ (y - ym), Jz, W[:, 0], _lam4(Lam_x, ivar), g_prior, plx, galactic) if plx.shape[-1] == 8
-             else log_det_weight_change(ym[0], Jz, W[:, 0], solve, plx))
+    extra = (integral_correction(W @ (y - ym), Jz, W[:, 0], Lam, z - z_tilde, plx, galactic) if plx.shape[-1] == 8
+             else log_det_weight_change(ym[0], Jz, W[:, 0], lambda u: la.cho_solve(L, u), plx))
     return 2.0 * jnp.sum(jnp.log(jnp.diag(L))) + extra
 
 
@@ -192,8 +192,7 @@ def gauss_newton_steps(params, z, y, W, z_tilde, Lam_x, ivar, *, n_bands: int, l
         p = unravel(wv)
         c, q = jax.vmap(lambda *a: joint_objective_terms(p, *a))(zb, yb, Wb, ztb, Lb, ib)
         if log_det:
-            q = q + jax.vmap(lambda *a: log_det_h(p, *a[:6], galactic=galactic, g_prior=_lam4(a[2], a[3]) @ (a[0] - a[6])))(
-                zb, Wb, Lb, ib, pb, yb, ztb)
+            q = q + jax.vmap(lambda *a: log_det_h(p, *a, galactic=galactic))(zb, Wb, Lb, ib, pb, yb, ztb)
         return jnp.sum(vb * (c + q))
 
     def objective(wv, zall):
@@ -207,12 +206,10 @@ def gauss_newton_steps(params, z, y, W, z_tilde, Lam_x, ivar, *, n_bands: int, l
         r, Jz, Ainv_b, Ainv, b = jax.vmap(lambda *a: _star_parts(p, *a))(zb, yb, Wb, ztb, Lb, ib)
         gD = 0.0
         if log_det:  # Eq. GN2: b_i − ½∇_z D_i, and −½∇_w Σ D_i
-            gz = jax.vmap(jax.grad(lambda zz, *a: log_det_h(p, zz, *a[:5], galactic=galactic,
-                                                            g_prior=_lam4(a[1], a[2]) @ (zz - a[5]))))(zb, Wb, Lb, ib, pb, yb, ztb)
+            gz = jax.vmap(jax.grad(lambda zz, *a: log_det_h(p, zz, *a, galactic=galactic)))(zb, Wb, Lb, ib, pb, yb, ztb)
             Ainv_b = Ainv_b - 0.5 * jnp.einsum("nij,nj->ni", Ainv, gz)
             b = b - 0.5 * gz
-            gD = -0.5 * jax.grad(lambda ww: jnp.sum(vb * jax.vmap(lambda *a: log_det_h(
-                unravel(ww), *a[:6], galactic=galactic, g_prior=_lam4(a[2], a[3]) @ (a[0] - a[6])))(
+            gD = -0.5 * jax.grad(lambda ww: jnp.sum(vb * jax.vmap(lambda *a: log_det_h(unravel(ww), *a, galactic=galactic))(
                 zb, Wb, Lb, ib, pb, yb, ztb)))(wv)
         u = (r - jnp.einsum("nbk,nk->nb", Jz, Ainv_b)) * vb[:, None]
         # Σ J_wᵀ u with J_w = W ∂f/∂w: the VJP of w ↦ Σ_i W_i f(w, z_i) with cotangents u_i

@@ -533,7 +533,7 @@ def train(cat: Catalog, config: TrainConfig = TrainConfig(), *, init: StellarMod
         from functools import partial
 
         from .profile import profile_aux, profile_batch_loss, with_population_prior
-        pl = partial(profile_batch_loss, log_det=cfg.latent_theta == "marginal", galactic=galactic if exact_mu else None)
+        pl = partial(profile_batch_loss, log_det=cfg.latent_theta == "marginal", galactic=galactic)
         profile_fns = (_make_epoch(opt, n_batches, bs, B, cfg.l2_hidden, cfg.l1_extinction, pl),
                        _make_eval(B, cfg.l2_hidden, cfg.l1_extinction, pl))
         measured_arrays = profile_aux(data, state.theta_med, state.theta_std)
@@ -613,7 +613,7 @@ def train(cat: Catalog, config: TrainConfig = TrainConfig(), *, init: StellarMod
                 params, z, y_all[tj], W_dev[tj], jnp.concatenate([xt, E0a[:, None]], axis=1), Lt, iva,
                 n_bands=B, l2=cfg.l2_hidden, l1=cfg.l1_extinction, n_steps=cfg.gn_steps,
                 n_curvature=cfg.gn_curvature, seed=cfg.seed * 1000 + k, log_det=cfg.latent_theta == "marginal",
-                normalizer=z_norm, plx=pla, galactic=galactic if exact_mu else None)
+                normalizer=z_norm, plx=pla, galactic=galactic)
             theta_fit = np.array(theta_fit)
             theta_fit[train_idx] = np.asarray(state.theta_med) + np.asarray(state.theta_std) * np.asarray(z_new[:, :3], np.float64)
             E = np.array(E, np.float32)

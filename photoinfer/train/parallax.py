@@ -347,14 +347,14 @@ _P4_T, _P4_W = np.polynomial.hermite_e.hermegauss(16)
 _P4_LOGW = np.log(_P4_W) + 0.5 * _P4_T ** 2
 
 
-def integral_correction(r, Jz, v, H_prior, g_prior, terms, galactic=None, newton_steps: int = 4):
+def integral_correction(r, Jz, v, Lam, dz, terms, galactic=None, newton_steps: int = 4):
     """D_μ of Eq. P4 for one star: the exact integral over its distance modulus of the parallax's likelihood and the
     distance prior, minus the Gaussian factor's integral that its Laplace term holds.
 
     Parameters
     ----------
     r : (B,) whitened residuals W(ŷ − f) at the latent; Jz : (B, 4) W ∂f/∂z; v : (B,) W e₁
-    H_prior : (4, 4) the prior's part Λ of H = J_zᵀJ_z + Λ; g_prior : (4,) ½ the gradient of the prior's term at z
+    Lam : (4, 4) the prior's part Λ of H = J_zᵀJ_z + Λ; dz : (4,) z − z̃, the latent's offset from the prior's centre
     terms : (8,) a row of :func:`integral_terms` (zeros: no correction)
     galactic : :class:`~photoinfer.priors.galactic.GalacticParams` or None
 
@@ -368,12 +368,12 @@ def integral_correction(r, Jz, v, H_prior, g_prior, terms, galactic=None, newton
     s, plx_err, kap = (jnp.where(has, a, 1.0) for a in (s, plx_err, kap))
     w = Jz.T @ v / kap
     PJ = Jz - jnp.outer(v, w)  # (I − vvᵀ/κ) J_z: the rows' information without y₁'s (no cancellation in H − κwwᵀ)
-    H_rest = PJ.T @ PJ + (H_prior if H_prior is not None else 0.0)
+    H_rest = PJ.T @ PJ + Lam
     L = la.cholesky(H_rest)
     v_r = w @ la.cho_solve(L, w)
     V = jnp.where(has, jnp.maximum(v_r + jnp.maximum(1.0 / kap - s, 0.0), 1e-8), 1.0)
     mu_c = mu_p + (v @ r) / kap
-    m_r = mu_c - w @ la.cho_solve(L, PJ.T @ r - g_prior)  # μ_c at the rest's mode (a Gauss–Newton step from z)
+    m_r = mu_c - w @ la.cho_solve(L, PJ.T @ r - Lam @ dz)  # μ_c at the rest's mode (a Gauss–Newton step from z)
     gauss = (m_r - mu_p) ** 2 / (V + s) + jnp.log((V + s) / s) + c
 
     def h(x):  # (distance moduli kept within [−5, 35] mag: finite far outside any star's posterior)

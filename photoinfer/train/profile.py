@@ -72,9 +72,8 @@ def star_profile_loss(params, x_star, E_star, x_hat, Lam_x, E0, ivar_E0, y, W, l
         loss = loss + 2.0 * jnp.sum(jnp.log(jnp.diag(L)))
         if plx is not None:
             from .parallax import integral_correction, log_det_weight_change
-            solve = lambda u: la.cho_solve(L, u)  # noqa: E731
-            loss = loss + (integral_correction(r0, WJ, W[:, 0], Lam, -Lam @ d, plx, galactic) if plx.shape[-1] == 8
-                           else log_det_weight_change(ym[0], WJ, W[:, 0], solve, plx))
+            loss = loss + (integral_correction(r0, WJ, W[:, 0], Lam, -d, plx, galactic) if plx.shape[-1] == 8
+                           else log_det_weight_change(ym[0], WJ, W[:, 0], lambda u: la.cho_solve(L, u), plx))
     return loss, chi2
 
 
@@ -141,4 +140,3 @@ def with_population_prior(aux, prior, x_star, batch_size: int = 65536):
     x_hat, lam, E0, ivar = aux
     xt, Lt = map_batched(lambda a: _combine(prior, *a), (x_star, x_hat, lam), batch_size)
     return jnp.asarray(xt, jnp.float32), jnp.asarray(Lt, jnp.float32), E0, ivar
-
