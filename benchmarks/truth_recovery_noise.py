@@ -43,7 +43,8 @@ def captured(cat, cfg, truth, measured=False, ideal_parallax=False, prior_from_t
     ``ideal_parallax`` the parallax residual's pseudo-observation μ̃ is replaced by μ_true + σ_μ̃ ε (an exactly
     linear, unbiased observation of the true distance modulus with the same error; ε seeded; ``"true"``: that error
     evaluated at the true μ instead of μ_lin, so that it does not depend on the star's photometric and θ noise);
-    with ``prior_from_truth`` the population mixture is fitted to the members' true θ instead of deconvolved from θ̂."""
+    with ``prior_from_truth`` the population mixture is fitted to the members' true θ instead of deconvolved from θ̂
+    (``"all"``: to the true θ of every star of the mock, usable or not — the population before the selection)."""
     from dataclasses import replace
 
     from photoinfer.train import loop, parallax, profile
@@ -63,7 +64,8 @@ def captured(cat, cfg, truth, measured=False, ideal_parallax=False, prior_from_t
         if prior_from_truth:  # the mixture fitted to the members' true θ (errors 10⁻³ std): the right p(θ)
             from photoinfer.model import network
             from photoinfer.train.population import fit_population
-            th = np.column_stack([cat.extra[k] for k in ("true_teff", "true_logg", "true_feh")])[select]
+            th = np.column_stack([cat.extra[k] for k in ("true_teff", "true_logg", "true_feh")])
+            th = th if prior_from_truth == "all" else th[select]
             x = np.asarray(network.standardize(th, state.theta_med, state.theta_std), np.float64)
             box["prior"] = fit_population(x, np.broadcast_to(1e-6 * np.eye(3), (len(x), 3, 3)), cfg_.prior_components,
                                           seed=cfg_.seed)
