@@ -44,7 +44,8 @@ def captured(cat, cfg, truth, measured=False, ideal_parallax=False, prior_from_t
     linear, unbiased observation of the true distance modulus with the same error; ε seeded; ``"true"``: that error
     evaluated at the true μ instead of μ_lin, so that it does not depend on the star's photometric and θ noise);
     with ``prior_from_truth`` the population mixture is fitted to the members' true θ instead of deconvolved from θ̂
-    (``"all"``: to the true θ of every star of the mock, usable or not — the population before the selection)."""
+    (``"all"``: to the true θ of every star of the mock, usable or not — the population before the selection;
+    ``"exact"``: to 300,000 fresh draws of the mock's θ distribution, so that only the mixture's shape differs from it)."""
     from dataclasses import replace
 
     from photoinfer.train import loop, parallax, profile
@@ -66,9 +67,12 @@ def captured(cat, cfg, truth, measured=False, ideal_parallax=False, prior_from_t
             from photoinfer.train.population import fit_population
             th = np.column_stack([cat.extra[k] for k in ("true_teff", "true_logg", "true_feh")])
             th = th if prior_from_truth == "all" else th[select]
+            if prior_from_truth == "exact":  # the mock's own θ distribution: 300,000 fresh draws of it
+                from photoinfer.simulate import sample_theta_validity
+                th = sample_theta_validity(np.random.default_rng(777), truth, 300000)
             x = np.asarray(network.standardize(th, state.theta_med, state.theta_std), np.float64)
             box["prior"] = fit_population(x, np.broadcast_to(1e-6 * np.eye(3), (len(x), 3, 3)), cfg_.prior_components,
-                                          seed=cfg_.seed)
+                                          seed=cfg_.seed, max_stars=max(cfg_.prior_stars, len(x)))
             box["prior"][1]["seconds"] = 0.0
         else:
             box["prior"] = real[1](data, select, state, cfg_)

@@ -32,7 +32,7 @@ The inputs are those of the training loop's first Gauss–Newton call (``train(.
 ``latent_theta="marginal"`` with ``--config`` added).  Counterfactuals: ``--config '{"distance_prior":
 "bayestar"}'`` (y₁ with the distances' prior, Eq. P1, and Σ_i 2 ln Z_i, Eq. P2, in every objective);
 ``--ideal-parallax`` (the parallax residual's μ̃ replaced by an exactly linear, unbiased observation of the true μ);
-``--prior-from-truth [all]`` (p fitted to the members' true θ; ``all``: every mock star's, before the selection).  A mock without magnitude selection:
+``--prior-from-truth [all]`` (p fitted to the members' true θ; ``all``: every mock star's, before the selection; ``exact``: 300,000 fresh draws of the mock's θ distribution).  A mock without magnitude selection:
 ``truth_recovery.py --no-magnitude-limits --mock-cache FILE``.  Writes ``--out`` (default
 ``benchmarks/results/truth_recovery_onestep_n<N>.json``) and prints it.
 """
@@ -213,9 +213,10 @@ def main(argv=None):
                         "'true': σ_μ̃ evaluated at the true μ, not at μ_lin (is its dependence on the star's noise?)")
     p.add_argument("--config", default="{}", metavar="JSON",
                    help='more TrainConfig fields, e.g. \'{"distance_prior": "bayestar"}\' (with it every objective has Σ 2 ln Z_i)')
-    p.add_argument("--prior-from-truth", nargs="?", const="members", choices=["members", "all"], default=None,
+    p.add_argument("--prior-from-truth", nargs="?", const="members", choices=["members", "all", "exact"], default=None,
                    help="fit the population mixture to the members' true θ (is the deconvolved p(θ) the bias?); "
-                        "'all': to the true θ of every star of the mock, before the selection")
+                        "'all': to the true θ of every star of the mock, before the selection; 'exact': to 300,000 fresh draws "
+                        "of the mock's θ distribution (with --config's prior_components)")
     p.add_argument("--call", type=int, default=1,
                    help="capture the training loop's CALL-th Gauss–Newton call (default 1: y₁ linearized about the distances "
                         "of θ̂; 2: about those of the first joint fit, as in the rest of training)")
