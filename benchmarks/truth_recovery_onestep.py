@@ -32,7 +32,7 @@ The inputs are those of the training loop's first Gauss–Newton call (``train(.
 ``latent_theta="marginal"`` with ``--config`` added).  Counterfactuals: ``--config '{"distance_prior":
 "bayestar"}'`` (y₁ with the distances' prior, Eq. P1, and Σ_i 2 ln Z_i, Eq. P2, in every objective);
 ``--ideal-parallax`` (the parallax residual's μ̃ replaced by an exactly linear, unbiased observation of the true μ);
-``--prior-from-truth [all]`` (p fitted to the members' true θ; ``all``: every mock star's, before the selection; ``exact``: 300,000 fresh draws of the mock's θ distribution).  A mock without magnitude selection:
+``--mu-range LO HI`` (the distance prior cut to the mock's range); ``--prior-from-truth [all]`` (p fitted to the members' true θ; ``all``: every mock star's, before the selection; ``exact``: 300,000 fresh draws of the mock's θ distribution).  A mock without magnitude selection:
 ``truth_recovery.py --no-magnitude-limits --mock-cache FILE``.  Writes ``--out`` (default
 ``benchmarks/results/truth_recovery_onestep_n<N>.json``) and prints it.
 """
@@ -217,6 +217,9 @@ def main(argv=None):
                    help="fit the population mixture to the members' true θ (is the deconvolved p(θ) the bias?); "
                         "'all': to the true θ of every star of the mock, before the selection; 'exact': to 300,000 fresh draws "
                         "of the mock's θ distribution (with --config's prior_components)")
+    p.add_argument("--mu-range", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                   help="with a distance prior: the Galactic prior of training cut to LO ≤ μ ≤ HI mag with logistic edges "
+                        "0.1 mag wide (the mock's own range, simulate.MU_RANGE; is the unbounded prior the bias?)")
     p.add_argument("--call", type=int, default=1,
                    help="capture the training loop's CALL-th Gauss–Newton call (default 1: y₁ linearized about the distances "
                         "of θ̂; 2: about those of the first joint fit, as in the rest of training)")
@@ -233,6 +236,11 @@ def main(argv=None):
     p.add_argument("--normalizer-subsample", type=int, default=8192, help="the training's normalizer_stars (default 8192)")
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
+    if a.mu_range is not None:  # every ln p(μ) of training (Eqs. P1, P2, P4) calls it at trace time
+        from photoinfer.priors import galactic as gal
+        uncut, (lo, hi) = gal.log_prior_mu, a.mu_range
+        gal.log_prior_mu = lambda mu, l, b, params=gal.BAYESTAR: (
+            uncut(mu, l, b, params) + jax.nn.log_sigmoid((hi - mu) / 0.1) + jax.nn.log_sigmoid((mu - lo) / 0.1))
     truth, cat, cfg, (z, y, W, z_tilde, Lam_x, ivar, kw), prior, refit = from_truth(
         a.mock_cache, a.n, {**json.loads(a.config), "latent_theta": "marginal", "gn_steps": 1}, a.seed, measured=True,
         ideal_parallax=a.ideal_parallax, prior_from_truth=a.prior_from_truth, call=a.call)
