@@ -213,27 +213,6 @@ def test_mu_prior_peak_thin_disk_pole():
     assert res.x == pytest.approx(5 * np.log10(3 * p.thin_H / 10.0), abs=1e-3)
 
 
-def test_far_end_cuts_the_distances_smoothly():
-    """Eq. (G7): with mu_max the prior is unchanged well inside (≤ e^−10 relative), half at mu_max, and the mass
-    beyond it is what a 0.1-mag logistic edge leaves (< 1 % of the sightline's); inf (the sets' default) changes
-    nothing, and the slope stays finite across the edge (training differentiates it)."""
-    p, cut = P.BAYESTAR, P.galactic_params("bayestar", mu_max=19.0)
-    assert np.isinf(p.mu_max)
-    l, b = 120.0, 60.0
-    mu = jnp.linspace(4.0, 30.0, 26001)
-    lp, lc = (np.asarray(P.log_prior_mu(mu, l, b, q), np.float64) for q in (p, cut))
-    inside = np.asarray(mu) < 18.0
-    assert np.max(np.abs(lc - lp)[inside]) < 5e-5
-    assert (lc - lp)[np.searchsorted(np.asarray(mu), 19.0)] == pytest.approx(np.log(0.5), abs=1e-3)
-    w, wc = np.exp(lp - lp.max()), np.exp(lc - lp.max())
-    beyond = np.asarray(mu) > 19.0
-    assert w[beyond].sum() / w.sum() > 0.15                            # the uncut model: a fifth beyond 63 kpc
-    assert wc[beyond].sum() / wc.sum() < 0.01
-    g = jax.vmap(jax.grad(lambda m: P.log_prior_mu(m, l, b, cut)))(jnp.linspace(18.0, 20.0, 201))
-    assert np.all(np.isfinite(np.asarray(g))) and float(jnp.min(g)) > -11.0
-    assert float(P.log_prior_mu_sky(25.0, cut)) < float(P.log_prior_mu_sky(25.0, p)) - 50.0
-
-
 @pytest.mark.parametrize("name", ["bayestar", "brutus"])
 def test_sky_average_matches_dense_integration(name):
     """Eq. (G6) with the default 1024-direction lattice against a dense (l, sin b) trapezoid."""

@@ -264,13 +264,6 @@ def test_command_options_reach_the_config():
     cfg = cmd.config_from_args(a)
     assert (cfg.latent_theta, cfg.parallax_residual, cfg.distance_prior, cfg.parallax_integral, cfg.gn_steps) == (
         "marginal", "parallax", "bayestar", "exact", 5)
-    assert cfg.distance_max == 19.0 and "--distance-max" not in cmd._argv(a)
-    for arg, want in (("17.5", 17.5), ("inf", None)):
-        b = p.parse_args(["--catalog", "c", "--out", "m.h5", "--latent-theta", "marginal", "--parallax-residual",
-                          "parallax", "--distance-prior", "bayestar", "--distance-max", arg])
-        assert cmd.config_from_args(b).distance_max == want
-    with pytest.raises(ValueError, match="distance_max"):
-        TrainConfig(distance_max=float("nan"))
 
 
 def test_example_runs_tiny(tmp_path):

@@ -94,10 +94,6 @@ def add_arguments(p) -> None:
     p.add_argument("--distance-prior", choices=("none", "bayestar", "brutus"), default="none",
                    help="with --parallax-residual parallax and --latent-theta marginal: the Galactic model whose distribution of distances "
                         "along each sightline joins every star's likelihood (default none; see docs/training.md)")
-    p.add_argument("--distance-max", type=float, default=19.0, metavar="MU",
-                   help="with --distance-prior: the far end of those distances, a distance modulus in mag (default 19, "
-                        "63 kpc: Bayestar's grid and the mocks' range; beyond it the Galactic model still holds a fifth of "
-                        "a high-latitude sightline's stars); 'inf' for none")
     p.add_argument("--parallax-integral", choices=("laplace", "exact"), default="laplace",
                    help="with --latent-theta marginal and --parallax-residual parallax: each star's parallax likelihood "
                         "and distance prior in the Laplace approximation (default) or integrated exactly over its "
@@ -206,7 +202,6 @@ def config_from_args(args):
     from ..train import TrainConfig
     return TrainConfig(iterations=args.iterations, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
                        parallax_residual=args.parallax_residual, distance_prior=args.distance_prior,
-                       distance_max=None if args.distance_max == float("inf") else args.distance_max,
                        parallax_integral=args.parallax_integral, theta_denoise=args.theta_denoise,
                        scale_step=args.scale_step, latent_theta=args.latent_theta,
                        polish_steps=args.polish_steps, polish_iterations=args.polish_iterations,
@@ -221,8 +216,6 @@ def _argv(args):
         parts.append(f"--parallax-residual {args.parallax_residual}")
     if args.distance_prior != "none":
         parts.append(f"--distance-prior {args.distance_prior}")
-        if args.distance_max != 19.0:
-            parts.append(f"--distance-max {args.distance_max}")
     if args.parallax_integral != "laplace":
         parts.append(f"--parallax-integral {args.parallax_integral}")
     if args.theta_denoise != "none":

@@ -32,10 +32,7 @@ The distance prior along a sightline is (METHOD §8)::
 
     ln p(μ | l, b) = ln n(R(μ), Z(μ)) + (3 ln 10 / 5) μ + const                             (G5)
 
-the second term being the d³ Jacobian of the volume element d² dd = (ln 10/5) d³ dμ. With a far end
-``mu_max`` (:class:`GalacticParams`, inf by default) it gets a smooth edge there::
-
-    + ln σ((μ_max − μ)/w),  w = 0.1 mag                                                          (G7)
+the second term being the d³ Jacobian of the volume element d² dd = (ln 10/5) d³ dμ.
 
 Position-free prior (stars without (l, b))
 -----------------------------------------
@@ -58,7 +55,6 @@ from __future__ import annotations
 import functools
 from typing import NamedTuple
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import logsumexp
@@ -100,9 +96,6 @@ class GalacticParams(NamedTuple):
         Flattening q(r) of (G4); q_0 = q_∞ gives a constant flattening.
     halo_ref_solar : float
         1.0: normalize the halo at the Sun's own r_eff (brutus); 0.0: at r_eff = R⊙ (Bayestar).
-    mu_max : float
-        Far end of the distances [mag]: ln p(μ) gets a logistic edge 0.1 mag wide there (Eq. G7); inf (the
-        default of both sets): none.
     """
 
     R_sun: float
@@ -123,7 +116,6 @@ class GalacticParams(NamedTuple):
     halo_q_inf: float
     halo_r_q: float
     halo_ref_solar: float
-    mu_max: float = float("inf")
 
 
 #: Bayestar (Green et al. 2014; METHOD §8).
@@ -330,16 +322,7 @@ def log_prior_mu(mu, l, b, params: GalacticParams = BAYESTAR):
     array, broadcast shape
     """
     R, Z = galactocentric_rz(mu, l, b, params)
-    return log_number_density(R, Z, params) + log_volume_jacobian(mu) + log_far_edge(mu, params.mu_max)
-
-
-def log_far_edge(mu, mu_max, width: float = 0.1):
-    """ln σ((μ_max − μ)/w), Eq. (G7): the distances' far end as a logistic edge of width w [mag] (0 for μ_max = inf).
-
-    Bayestar's (μ, E) grid and :data:`photoinfer.simulate.MU_RANGE` stop at 19 mag (63 kpc), where (G5) still
-    holds a fifth of a high-latitude sightline's stars; a smooth edge keeps ln p(μ) differentiable for training.
-    """
-    return jax.nn.log_sigmoid((mu_max - mu) / width)
+    return log_number_density(R, Z, params) + log_volume_jacobian(mu)
 
 
 def log_component_fractions(mu, l, b, params: GalacticParams = BAYESTAR):
@@ -398,7 +381,7 @@ def log_prior_mu_sky(mu, params: GalacticParams = BAYESTAR, n_dirs: int = 1024):
     """
     lnc, _ = _sky_log_components(mu, params, n_dirs)
     ln_n = logsumexp(lnc, axis=(-2, -1)) - jnp.log(float(n_dirs))
-    return ln_n + log_volume_jacobian(mu) + log_far_edge(mu, params.mu_max)
+    return ln_n + log_volume_jacobian(mu)
 
 
 def component_fractions_sky(mu, params: GalacticParams = BAYESTAR, n_dirs: int = 1024):

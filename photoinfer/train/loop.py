@@ -79,11 +79,6 @@ class TrainConfig:
         density (2048; stratified and quasi-random, :func:`~photoinfer.train.population.integration_draws`) and
         summed over a seeded subsample of ``normalizer_stars`` training stars
         (8192; scaled to all: Σ ln Z_i is a smooth function of the network).  Stars without (l, b) get none.
-    distance_max : float or None
-        The far end of that distribution [mag] (Eq. G7 of :mod:`photoinfer.priors.galactic`: a logistic edge 0.1
-        mag wide; None: none).  Default 19 (63 kpc): Bayestar's grid and the mocks' range
-        (:data:`photoinfer.simulate.MU_RANGE`), beyond which the Galactic model still puts a fifth of a
-        high-latitude sightline's stars.
     theta_denoise : {"none", "tweedie"}
         What θ the network is fed: the measured θ̂ (``"none"``, the paper) or the posterior mean
         θ̂ + C_θ ∇ ln p(θ̂) by Tweedie's formula, p the KDE of the training stars' θ̂
@@ -153,7 +148,6 @@ class TrainConfig:
     max_cut_fraction: float = 0.5
     parallax_residual: str = "magnitude"
     distance_prior: str = "none"
-    distance_max: float | None = 19.0
     normalizer_draws: int = 2048
     normalizer_stars: int = 8192
     theta_denoise: str = "none"
@@ -184,8 +178,6 @@ class TrainConfig:
             if self.latent_theta != "marginal":
                 raise ValueError("TrainConfig.distance_prior needs latent_theta='marginal': its normalization (Eq. P2) "
                                  "integrates the population density of θ")
-        if self.distance_max is not None and not (np.isfinite(self.distance_max) and self.distance_max > 4.0):
-            raise ValueError(f"TrainConfig.distance_max must be a distance modulus > 4 mag or None, got {self.distance_max}")
         if not (self.l2_hidden >= 0 and self.l1_extinction >= 0):
             raise ValueError(f"TrainConfig: the regularization must be >= 0, got l2_hidden = {self.l2_hidden}, "
                              f"l1_extinction = {self.l1_extinction}")
@@ -222,8 +214,8 @@ class TrainConfig:
     #: Settings that must agree between a checkpoint and the run resuming it (iterations may grow).
     RESUME_KEYS = ("epochs", "batch_size", "seed", "split_seed", "learning_rate", "lr_decay", "split", "max_sigma_E0_first",
                    "cut_start", "cut_end", "cut_k_end", "n_hidden", "l2_hidden", "l1_extinction",
-                   "init_output_bias", "max_cut_fraction", "parallax_residual", "distance_prior", "distance_max",
-                   "normalizer_draws", "normalizer_stars", "theta_denoise", "scale_step",
+                   "init_output_bias", "max_cut_fraction", "parallax_residual", "distance_prior", "normalizer_draws",
+                   "normalizer_stars", "theta_denoise", "scale_step",
                    "latent_theta", "latent_steps", "prior_components", "prior_stars", "parallax_integral", "gn_steps", "gn_curvature", "polish_steps",
                    "polish_iterations")
 
@@ -480,22 +472,23 @@ def train(cat: Catalog, config: TrainConfig = TrainConfig(), *, init: StellarMod
         data = data._replace(theta=jnp.asarray(theta_net, jnp.float32))
     y_obs_paper = np.asarray(data.y_obs)  # the validity maps keep the paper's parallax sample
     px = None
-    galactic = None  # the Galactic model with its far end (Eqs. G5, G7)
-    if cfg.distance_prior != "none":
-        from ..priors.galactic import galactic_params
-        galactic = galactic_params(cfg.distance_prior, mu_max=np.inf if cfg.distance_max is None else cfg.distance_max)
+    dist_prior = None if cfg.distance_prior == "none" else cfg.distance_prior
     if cfg.parallax_residual == "parallax":
         from .parallax import ParallaxInputs, linearized_data, model_distance_modulus
         px = ParallaxInputs(cat)
-        if galactic is not None and not (np.isfinite(px.l) & np.isfinite(px.b) & usable).any():
+        if dist_prior is not None and not (np.isfinite(px.l) & np.isfinite(px.b) & usable).any():
             raise ValueError(f"{cat.name}: distance_prior needs the Galactic coordinates (columns l, b) of the "
                              "stars; no usable star has them")
         if state.mu_lin is not None:
-            data = linearized_data(data, px, state.mu_lin, galactic)
+            data = linearized_data(data, px, state.mu_lin, dist_prior)
     mu_lin = state.mu_lin
     live_weight = px is not None and cfg.latent_theta == "marginal"  # Eq. P3 of parallax.py
 
     exact_mu = live_weight and cfg.parallax_integral == "exact"
+    galactic = None
+    if dist_prior is not None:
+        from ..priors.galactic import galactic_params
+        galactic = galactic_params(dist_prior)
 
     def weights_at(mu):
         """Eq. P3's per-star terms (zeros: no parallax weight at the current μ), or Eq. P4's (8 wide)."""
@@ -509,7 +502,7 @@ def train(cat: Catalog, config: TrainConfig = TrainConfig(), *, init: StellarMod
         """What the outlier cut's χ² sees: with a distance prior, y₁ = the parallax's pseudo-observation alone (the
         prior's expansion, Eq. P1, is no misfit: with a vanishing curvature its pseudo-observation lies σ_μ̃²|g|/2
         away, hundreds of mag for a star whose σ_μ̃ is tens of mag); otherwise the training data itself (None)."""
-        return None if galactic is None or mu_lin is None else linearized_data(data, px, mu_lin, None)
+        return None if dist_prior is None or mu_lin is None else linearized_data(data, px, mu_lin, None)
     med32, std32 = jnp.asarray(state.theta_med, jnp.float32), jnp.asarray(state.theta_std, jnp.float32)
     theta_fit = state.theta_fit
 
@@ -533,7 +526,7 @@ def train(cat: Catalog, config: TrainConfig = TrainConfig(), *, init: StellarMod
     if cfg.latent_theta == "marginal":
         prior, prior_info = _population_prior(data, population_members(cat, cfg) & (split == schedule.TRAIN), state, cfg)
     draws = None
-    if galactic is not None:  # Eq. P2: K fixed draws of p(θ) for the normalization of p(θ | m_G)
+    if dist_prior is not None:  # Eq. P2: K fixed draws of p(θ) for the normalization of p(θ | m_G)
         from .population import integration_draws
         draws = jnp.asarray(integration_draws(prior, cfg.normalizer_draws, cfg.seed))
     if profiled:  # from iteration 1 on (after the first joint fit): the profiled loss
@@ -658,7 +651,7 @@ def train(cat: Catalog, config: TrainConfig = TrainConfig(), *, init: StellarMod
         if px is not None:  # relinearize the parallax residual about the current model (at the current E)
             mu_lin = model_distance_modulus(params, med32, std32, px.mag_ref,
                                             np.asarray(data.theta if theta_fit is None else theta_fit), E_start)
-            data = linearized_data(data, px, mu_lin, galactic)
+            data = linearized_data(data, px, mu_lin, dist_prior)
             plx_dev = weights_at(mu_lin)
         if cfg.latent_theta != "none":
             from .latent import joint_fit_all
