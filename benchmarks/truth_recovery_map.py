@@ -9,6 +9,12 @@ Evaluated at the true θ of 40,000 usable stars of the mock (seeded draw) inside
 cell (star counts in parentheses).  With a second model (e.g. trained on an independent mock), the two are
 evaluated at the same θ: ``noise`` = rms(Δ₁ − Δ₂)/√2, ``shared`` = rms((Δ₁ + Δ₂)/2), the bias estimate
 √(shared² − noise²/2), and the cells show the mean of the pair (half their difference in parentheses).
+
+``--curvature`` asks whether ΔM_G (of the pair's mean) is a smoothing of the truth: its correlation with two
+Laplacians of the true M_G(θ) (central differences), ½ tr(C̄ ∇²M_G) with C̄ the median θ-error covariance of the
+mock's usable stars (what an estimator that does not deconvolve the θ errors adds) and ½ tr(D ∇²M_G) with D the
+squares of the network's θ standardization (what smoothing in the network's own input coordinates adds), and the
+least-squares coefficient of each alone.
 """
 from __future__ import annotations
 
@@ -52,11 +58,41 @@ def cell_table(theta, value, paired=None):
     return lines
 
 
+def laplacians(truth, theta, cov, steps=(20.0, 0.02, 0.02)):
+    """½ tr(C ∇²M_G) at ``theta`` (n, 3) for each (3, 3) matrix C in ``cov``, by central differences of the
+    model's M_G with the given steps [K, dex, dex]; (len(cov), n)."""
+    f = lambda t: np.asarray(truth.predict_y(t.astype(np.float32), 0.0), np.float64)[:, 0]  # noqa: E731
+    th = theta.astype(np.float64)
+    m0, h, H = f(th), np.asarray(steps), np.zeros((len(th), 3, 3))
+    for i in range(3):
+        ei = np.eye(3)[i] * h[i]
+        H[:, i, i] = (f(th + ei) - 2 * m0 + f(th - ei)) / h[i] ** 2
+        for j in range(i + 1, 3):
+            ej = np.eye(3)[j] * h[j]
+            H[:, i, j] = H[:, j, i] = (f(th + ei + ej) - f(th + ei - ej) - f(th - ei + ej) + f(th - ei - ej)) / (4 * h[i] * h[j])
+    return np.stack([0.5 * np.einsum("ij,nij->n", c, H) for c in cov])
+
+
+def smoothing(truth, theta, dm, mock_cache):
+    """Print the correlation and least-squares coefficient of ΔM_G ``dm`` on the two Laplacians (``--curvature``)."""
+    from photoinfer.catalog import TRAINING_UNUSABLE
+    from photoinfer.io.catalogs import read_catalog
+    cat = read_catalog(mock_cache)
+    c_bar = np.median(np.asarray(cat.theta_cov)[cat.usable(TRAINING_UNUSABLE)], axis=0)
+    D = np.diag(np.asarray(truth.theta_std, np.float64) ** 2)
+    for name, lap in zip(("θ errors ½tr(C̄∇²M_G)", "standardized ½tr(D∇²M_G)"), laplacians(truth, theta, [c_bar, D])):
+        coef = float(np.dot(lap, dm) / np.dot(lap, lap))
+        print(f"{name}: rms {np.sqrt(np.mean(lap ** 2)):.4f} mag, correlation with ΔM_G {np.corrcoef(lap, dm)[0, 1]:.3f}, "
+              f"coefficient {coef:.4f}, rms of ΔM_G − coefficient × it {np.sqrt(np.mean((dm - coef * lap) ** 2)):.4f}")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("models", nargs="+", help="one or two trained model files")
     p.add_argument("--mock-cache", required=True, help="the mock (catalog file) whose region and stars to use")
     p.add_argument("--n-eval", type=int, default=40000)
+    p.add_argument("--curvature", action="store_true",
+                   help="correlate ΔM_G with the θ-error and the standardized Laplacians of the true M_G(θ)")
     a = p.parse_args(argv)
     import truth_recovery as tr
 
@@ -68,6 +104,8 @@ def main(argv=None):
     rms = lambda v: float(np.sqrt(np.mean(v ** 2)))  # noqa: E731
     for f, di in zip(a.models, d):
         print(f"{f}: ΔM_G rms {rms(di):.4f}, mean {di.mean():+.4f}")
+    if a.curvature:
+        smoothing(truth, theta, np.mean(d, axis=0), a.mock_cache)
     if len(d) == 1:
         print("\n".join(cell_table(theta, d[0])))
         return
