@@ -65,11 +65,12 @@ def captured(cat, cfg, truth, measured=False, ideal_parallax=False, prior_from_t
         if prior_from_truth:  # the mixture fitted to the members' true θ (errors 10⁻³ std): the right p(θ)
             from photoinfer.model import network
             from photoinfer.train.population import fit_population
-            th = np.column_stack([cat.extra[k] for k in ("true_teff", "true_logg", "true_feh")])
-            th = th if prior_from_truth == "all" else th[select]
             if prior_from_truth == "exact":  # the mock's own θ distribution: 300,000 fresh draws of it
                 from photoinfer.simulate import sample_theta_validity
                 th = sample_theta_validity(np.random.default_rng(777), truth, 300000)
+            else:
+                th = np.column_stack([cat.extra[k] for k in ("true_teff", "true_logg", "true_feh")])
+                th = th if prior_from_truth == "all" else th[select]
             x = np.asarray(network.standardize(th, state.theta_med, state.theta_std), np.float64)
             box["prior"] = fit_population(x, np.broadcast_to(1e-6 * np.eye(3), (len(x), 3, 3)), cfg_.prior_components,
                                           seed=cfg_.seed, max_stars=max(cfg_.prior_stars, len(x)))

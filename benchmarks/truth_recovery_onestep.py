@@ -32,7 +32,9 @@ The inputs are those of the training loop's first Gauss–Newton call (``train(.
 ``latent_theta="marginal"`` with ``--config`` added).  Counterfactuals: ``--config '{"distance_prior":
 "bayestar"}'`` (y₁ with the distances' prior, Eq. P1, and Σ_i 2 ln Z_i, Eq. P2, in every objective);
 ``--ideal-parallax`` (the parallax residual's μ̃ replaced by an exactly linear, unbiased observation of the true μ);
-``--mu-range LO HI`` (the distance prior cut to the mock's range); ``--prior-from-truth [all]`` (p fitted to the members' true θ; ``all``: every mock star's, before the selection; ``exact``: 300,000 fresh draws of the mock's θ distribution).  A mock without magnitude selection:
+``--mu-range LO HI`` (the distance prior cut to the mock's range); ``--prior-from-truth [members|all|exact]`` (p
+fitted to the members' true θ; ``all``: every mock star's, before the selection; ``exact``: 300,000 fresh draws of
+the mock's θ distribution).  A mock without magnitude selection:
 ``truth_recovery.py --no-magnitude-limits --mock-cache FILE``.  Writes ``--out`` (default
 ``benchmarks/results/truth_recovery_onestep_n<N>.json``) and prints it.
 """
